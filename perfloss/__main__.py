@@ -1,0 +1,5 @@
+import sys
+
+from perfloss.cli import main
+
+sys.exit(main())

@@ -1,0 +1,204 @@
+"""``perfloss bench``: time and memory of a perceptual loss's forward+backward, per engine.
+
+For each loss configuration and engine it reports the median forward+backward time, the memory
+the autograd graph holds for backward (unique storages reachable from the loss), and the peak
+memory of one step (CUDA: peak allocated; CPU: peak resident-set growth, Linux only). Weights are
+random: speed and memory do not depend on their values.
+"""
+import argparse
+import csv
+import json
+import platform
+import statistics
+import time
+import warnings
+from datetime import datetime, timezone
+from typing import Dict, List, Optional
+
+import torch
+
+import perfloss
+from perfloss.losses.base import lean_engine
+
+LOSSES = ("content", "style", "johnson", "l1", "lpips")
+ENGINES = ("eager", "lean", "checkpoint", "compile")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def build_loss(kind: str, backbone: str, layers: Optional[List[str]], engine: str):
+    """The loss module for one configuration; ``compile`` is torch.compile over the eager loss."""
+    module_engine = "eager" if engine == "compile" else engine
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights warn; timing does not depend on them
+        if kind == "content":
+            loss = perfloss.PerceptualLoss(backbone, layers or ("relu2_2",), weights=None, engine=module_engine)
+        elif kind == "l1":
+            loss = perfloss.PerceptualLoss(backbone, layers or ("relu2_2",), distance="l1", weights=None,
+                                           engine=module_engine)
+        elif kind == "style":
+            loss = perfloss.StyleLoss(backbone, **({"layers": layers} if layers else {}), weights=None,
+                                      engine=module_engine)
+        elif kind == "johnson":
+            loss = perfloss.JohnsonLoss(backbone=backbone, weights=None, engine=module_engine)
+        else:
+            loss = perfloss.LPIPS(net="vgg", weights=None, engine=module_engine, normalize=True)
+    return loss
+
+
+def _loss_inputs(kind, batch, size, device, dtype, loss):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=gen).to(device, dtype).requires_grad_(True)
+    target = torch.rand(batch, 3, size, size, generator=gen).to(device, dtype)
+    if kind in ("style", "johnson"):
+        loss.set_target(torch.rand(1, 3, size, size, generator=gen).to(device, dtype))
+        return (x,) if kind == "style" else (x, target)
+    return x, target
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _rss_peak_reset() -> Optional[int]:
+    """Reset the process's peak RSS (Linux) and return the current RSS in bytes, or None."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status("VmRSS")
+    except OSError:
+        return None
+
+
+def _proc_status(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(field)
+
+
+def measure(loss_fn, args, device, repeat: int, warmup: int) -> Dict[str, float]:
+    from perfloss.engine.memory import held_for_backward
+
+    def step():
+        loss_fn(*args).backward()
+        args[0].grad = None
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+
+    value = loss_fn(*args)
+    held = held_for_backward(value)
+    value.backward()
+    args[0].grad = None
+    del value
+
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        _sync(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        base = _rss_peak_reset()
+        step()
+        peak = None if base is None else _proc_status("VmHWM") - base
+    return {"median_ms": 1e3 * statistics.median(times), "held_for_backward_mb": held / 2**20,
+            "peak_mb": None if peak is None else peak / 2**20}
+
+
+def available_engines(requested: List[str]) -> List[str]:
+    return [e for e in requested if e != "lean" or lean_engine() is not None]
+
+
+def run(args) -> List[Dict]:
+    from tqdm import tqdm
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    size = args.size or (256 if device.type == "cuda" else 128)
+    batch = args.batch or (16 if device.type == "cuda" else 4)
+    dtype = DTYPES[args.dtype]
+    layers = args.layers.split(",") if args.layers else None
+    jobs = [(kind, engine) for kind in args.loss for engine in available_engines(args.engine)]
+    rows = []
+    for kind, engine in tqdm(jobs, desc="perfloss bench", unit="run"):
+        loss = build_loss(kind, args.backbone, layers, engine).to(device, dtype)
+        loss_fn = torch.compile(loss) if engine == "compile" else loss
+        result = measure(loss_fn, _loss_inputs(kind, batch, size, device, dtype, loss), device,
+                         args.repeat, args.warmup)
+        rows.append({"loss": kind, "backbone": args.backbone, "engine": engine, "batch": batch, "size": size,
+                     "dtype": args.dtype, "device": device.type, **result})
+    return rows
+
+
+def environment(device: str) -> Dict[str, str]:
+    env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+           "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
+           "threads": str(torch.get_num_threads())}
+    if device == "cuda":
+        env["device_name"] = torch.cuda.get_device_name()
+        env["cuda"] = str(torch.version.cuda)
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return env
+
+
+def format_table(rows: List[Dict]) -> str:
+    header = f"{'loss':<8} {'engine':<11} {'median ms':>10} {'held MB':>9} {'peak MB':>9} {'time x eager':>13} {'held / eager':>13}"
+    lines = [header, "-" * len(header)]
+    eager = {r["loss"]: r for r in rows if r["engine"] == "eager"}
+    for r in rows:
+        base = eager.get(r["loss"])
+        t_ratio = f"{r['median_ms'] / base['median_ms']:.2f}" if base else "-"
+        m_ratio = f"{r['held_for_backward_mb'] / base['held_for_backward_mb']:.3f}" if base and base["held_for_backward_mb"] else "-"
+        peak = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
+        lines.append(f"{r['loss']:<8} {r['engine']:<11} {r['median_ms']:>10.1f} {r['held_for_backward_mb']:>9.1f} "
+                     f"{peak:>9} {t_ratio:>13} {m_ratio:>13}")
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="time and memory of loss forward+backward per engine",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--loss", nargs="+", choices=LOSSES, default=["content", "style"])
+    p.add_argument("--engine", nargs="+", choices=ENGINES, default=["eager", "lean", "checkpoint", "compile"])
+    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--layers", help="comma-separated taps (default: the loss's own)")
+    p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on GPU)")
+    p.add_argument("--batch", type=int, help="batch size (default 4 on CPU, 16 on GPU)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--json", help="write the results and environment as JSON")
+    p.add_argument("--csv", help="write the results as CSV")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    rows = run(args)
+    print(format_table(rows))
+    env = environment(rows[0]["device"]) if rows else {}
+    print("  ".join(f"{k}={v}" for k, v in env.items()))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "results": rows}, f, indent=2)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) + list(env))
+            writer.writeheader()
+            for r in rows:
+                writer.writerow({**r, **env})
+    return 0

@@ -1,0 +1,20 @@
+"""The ``perfloss`` command: ``perfloss bench`` (the main job) and ``perfloss pgn-train``."""
+import argparse
+import sys
+from typing import List, Optional
+
+from perfloss import bench
+from perfloss.pgn import cli as pgn_cli
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="perfloss", description="Cheap perceptual losses for PyTorch.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    bench.add_parser(subparsers)
+    pgn_cli.add_parser(subparsers)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

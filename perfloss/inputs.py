@@ -1,0 +1,81 @@
+"""Input rules shared by every loss: images, ranges and the affine map to the network's input.
+
+Images are (B, C, H, W) floating tensors with C = 3, or C = 1 (grayscale, replicated to three
+identical RGB channels before normalisation). ``input_range`` says what the caller's pixel values
+span, e.g. (0, 1) or (-1, 1); the map to ImageNet-normalised network input is folded into one
+per-channel affine x * scale + shift. No value checks run unless ``check_range=True``: reading
+min/max would force a host-device sync on every call.
+"""
+from typing import Sequence, Tuple
+
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def check_input_range(input_range) -> Tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in input_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_range must be a pair (low, high) such as (0, 1) or (-1, 1), got {input_range!r}") from None
+    if not hi > lo:
+        raise ValueError(f"input_range must have high > low, got {input_range!r}")
+    return lo, hi
+
+
+def imagenet_affine(input_range) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, 3, 1, 1), mapping pixels in input_range to ImageNet-normalised input."""
+    lo, hi = check_input_range(input_range)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    # ((x - lo) / (hi - lo) - mean) / std
+    scale = 1.0 / ((hi - lo) * std)
+    shift = (-lo / (hi - lo) - mean) / std
+    return scale.view(1, 3, 1, 1), shift.view(1, 3, 1, 1)
+
+
+def check_image(name: str, x, *, allow_grayscale: bool = True) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (float32, float16, bfloat16 or float64), got {x.dtype}")
+    if x.dim() != 4:
+        raise ValueError(f"{name} must be a 4-D (B, C, H, W) image batch, got shape {tuple(x.shape)}")
+    channels = (1, 3) if allow_grayscale else (3,)
+    if x.shape[1] not in channels:
+        raise ValueError(f"{name} must have {' or '.join(map(str, channels))} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} must hold at least one image, got shape {tuple(x.shape)}")
+
+
+def check_pair(input, target, *, same_shape: bool = True) -> None:
+    check_image("input", input)
+    check_image("target", target)
+    if same_shape and input.shape != target.shape:
+        raise ValueError(f"input and target must have the same shape, got {tuple(input.shape)} and {tuple(target.shape)}")
+    if input.dtype != target.dtype:
+        raise TypeError(f"input and target must have the same dtype, got {input.dtype} and {target.dtype}")
+    if input.device != target.device:
+        raise ValueError(f"input and target must be on the same device, got {input.device} and {target.device}")
+
+
+def check_values(name: str, x: torch.Tensor, input_range: Sequence[float]) -> None:
+    """The opt-in check (check_range=True): finite values inside input_range. Syncs with the device."""
+    lo, hi = input_range
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or infinite values")
+    tol = 1e-3 * (hi - lo)
+    x_min, x_max = float(x.min()), float(x.max())
+    if x_min < lo - tol or x_max > hi + tol:
+        raise ValueError(
+            f"{name} values span [{x_min:.4g}, {x_max:.4g}] but input_range is ({lo:g}, {hi:g}); "
+            "pass the range your images use, e.g. input_range=(-1, 1)"
+        )
+
+
+def to_network(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Grayscale to RGB, then the per-channel affine to the network's input."""
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x * scale.to(x.dtype) + shift.to(x.dtype)

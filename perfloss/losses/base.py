@@ -1,0 +1,146 @@
+"""BackboneLoss: what every loss built on a frozen network shares.
+
+Input checks, the map from the caller's pixel range to the network's input, one backbone pass per
+call, the heads, the reduction and the choice of engine:
+
+- ``"eager"``: plain PyTorch autograd through the backbone, the reference path;
+- ``"lean"``: perfloss.engine's exact backward that keeps bit masks, pool codes and tap gradients
+  instead of activations;
+- ``"checkpoint"``: eager under torch.utils.checkpoint: keeps only the backbone's input and
+  recomputes the forward in backward (the usual memory fix, for comparison).
+
+``engine=None`` picks lean when the backbone's plan is fully lean, else eager.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+from perfloss import inputs
+from perfloss.backbones import Backbone, get_backbone
+from perfloss.heads import TapHead
+from perfloss.ops.common import REDUCTIONS, reduce
+
+ENGINES = ("lean", "eager", "checkpoint")
+
+
+def lean_engine():
+    """The lean engine module, or None where it is not available."""
+    try:
+        from perfloss import engine
+    except ImportError:
+        return None
+    return engine
+
+
+def build_backbone(backbone, taps: Sequence[str], weights, pooling: str = "max") -> Backbone:
+    if isinstance(backbone, Backbone):
+        missing = [t for t in taps if t not in backbone.taps]
+        if missing:
+            raise ValueError(f"backbone {backbone.name!r} was built without taps {missing}; it has {list(backbone.taps)}")
+        return backbone
+    if isinstance(backbone, str):
+        return get_backbone(backbone, taps=taps, weights=weights, pooling=pooling)
+    raise TypeError(f"backbone must be a backbone name or a perfloss.backbones.Backbone, got {type(backbone).__name__}")
+
+
+def layer_weights_for(layers: Sequence[str], layer_weights) -> List[float]:
+    if layer_weights is None:
+        return [1.0] * len(layers)
+    layer_weights = [float(w) for w in layer_weights]
+    if len(layer_weights) != len(layers):
+        raise ValueError(f"layer_weights must have one weight per layer ({len(layers)}), got {len(layer_weights)}")
+    return layer_weights
+
+
+def check_layers(layers) -> List[str]:
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers must name at least one tap")
+    return layers
+
+
+class BackboneLoss(nn.Module):
+    def __init__(self, backbone: Backbone, heads: Sequence[TapHead], *, input_range, reduction: str,
+                 engine: Optional[str], check_range: bool, tap_grad_dtype: Optional[torch.dtype] = None,
+                 affine=None):
+        super().__init__()
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        if engine is not None and engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES} or None (lean where the backbone allows), got {engine!r}")
+        self.backbone = backbone
+        self.heads = nn.ModuleList(heads)
+        self.input_range = inputs.check_input_range(input_range)
+        self.reduction = reduction
+        self.check_range = check_range
+        self.tap_grad_dtype = tap_grad_dtype
+        scale, shift = affine if affine is not None else inputs.imagenet_affine(self.input_range)
+        self.register_buffer("scale", scale, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
+        self.engine = self._resolve_engine(engine)
+
+    def _resolve_engine(self, engine: Optional[str]) -> str:
+        lean = lean_engine()
+        if engine in ("eager", "checkpoint"):
+            return engine
+        if engine == "lean":
+            if lean is None:
+                raise RuntimeError("engine='lean' needs perfloss.engine, which failed to import")
+            return "lean"
+        return "lean" if lean is not None and lean.plan_for(self.backbone).is_lean else "eager"
+
+    def extra_repr(self) -> str:
+        return f"input_range={self.input_range}, reduction={self.reduction!r}, engine={self.engine!r}"
+
+    # -- inputs ---------------------------------------------------------------------------------
+    def network_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Checked, range-mapped network input for image batch ``x`` (argument ``name``)."""
+        inputs.check_image(name, x)
+        if self.check_range:
+            inputs.check_values(name, x, self.input_range)
+        self.backbone.check_input_size(x.shape[-2], x.shape[-1])
+        return inputs.to_network(x, self.scale, self.shift)
+
+    def target_representations(self, target_x: torch.Tensor) -> List[torch.Tensor]:
+        """Each head's target (features, or Grams) from normalised target images."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and target_x.requires_grad):
+            features = self.backbone(target_x)
+            return [head.prepare_target(features[head.tap]) for head in self.heads]
+
+    # -- the pass -------------------------------------------------------------------------------
+    def per_sample(self, x: torch.Tensor, target_x: Optional[torch.Tensor] = None,
+                   targets: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
+        """Per-sample loss (B,) of normalised input ``x`` against target images or ready targets.
+
+        Exactly one of ``target_x`` (normalised images shaped like x) and ``targets`` (one per head).
+        """
+        grad_to_input = torch.is_grad_enabled() and x.requires_grad
+        grad_to_target = torch.is_grad_enabled() and (
+            (target_x is not None and target_x.requires_grad) or any(t.requires_grad for t in targets or ()))
+        if self.engine == "lean" and grad_to_input and not grad_to_target:
+            return lean_engine().lean_loss(self.backbone_plan(), x, list(self.heads), targets=targets,
+                                           target_x=target_x, tap_grad_dtype=self.tap_grad_dtype)
+        if targets is None and grad_to_input and not grad_to_target:
+            # The target's activations must not join the input's graph: run it alone under no_grad.
+            targets = self.target_representations(target_x)
+        if targets is None:
+            # No graph to keep apart: input and target share one batched pass.
+            both = self.backbone(torch.cat([x, target_x]))
+            b = x.shape[0]
+            features = {tap: f[:b] for tap, f in both.items()}
+            targets = [head.prepare_target(both[head.tap][b:]) for head in self.heads]
+        elif self.engine == "checkpoint" and grad_to_input:
+            features = torch.utils.checkpoint.checkpoint(self.backbone, x, use_reentrant=False)
+        else:
+            features = self.backbone(x)
+        return sum(head.values(features[head.tap], t) for head, t in zip(self.heads, targets))
+
+    def backbone_plan(self):
+        return lean_engine().plan_for(self.backbone)
+
+    def reduce(self, values: torch.Tensor) -> torch.Tensor:
+        return reduce(values, self.reduction)

@@ -1,0 +1,60 @@
+"""perfloss::gram — Gram matrices of feature maps, G = F F^T (/ (C H W) when normalised).
+
+F is a (C, H*W) view of each sample; G is (C, C), accumulated in float32 and returned in the
+features' dtype. The backward needs F (as eager's bmm does): dF = (dG + dG^T) F / N.
+"""
+import torch
+
+from perfloss.ops import dispatch
+from perfloss.ops.common import check_features, value_dtype
+
+
+def gram_formula(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    """Plain-PyTorch Gram in float32 (float64 for float64) accumulation."""
+    b, c, h, w = features.shape
+    f = features.reshape(b, c, h * w).to(value_dtype(features.dtype))
+    g = torch.bmm(f, f.transpose(1, 2))
+    return g / (c * h * w) if normalize else g
+
+
+@dispatch.register("gram", "reference", ("cpu", "cuda"))
+def _reference(features, normalize):
+    return gram_formula(features, normalize).to(features.dtype)
+
+
+@torch.library.custom_op("perfloss::gram", mutates_args=())
+def gram_op(features: torch.Tensor, normalize: bool) -> torch.Tensor:
+    return dispatch.call("gram", features, normalize)
+
+
+@gram_op.register_fake
+def _(features, normalize):
+    b, c = features.shape[:2]
+    return features.new_empty((b, c, c))
+
+
+def _setup_context(ctx, inputs, output):
+    features, normalize = inputs
+    ctx.save_for_backward(features)
+    ctx.normalize = normalize
+
+
+def _backward(ctx, grad_gram):
+    (features,) = ctx.saved_tensors
+    b, c, h, w = features.shape
+    acc = value_dtype(features.dtype)
+    f = features.reshape(b, c, h * w).to(acc)
+    sym = grad_gram.to(acc) + grad_gram.to(acc).transpose(1, 2)
+    grad = torch.bmm(sym, f)
+    if ctx.normalize:
+        grad = grad / (c * h * w)
+    return grad.reshape(features.shape).to(features.dtype), None
+
+
+gram_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def gram(features: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+    """Gram matrices (B, C, C) of features (B, C, H, W); divided by C*H*W when ``normalize``."""
+    check_features("features", features)
+    return gram_op(features, normalize)

@@ -1,0 +1,82 @@
+"""perfloss::style_loss — per-sample squared Frobenius distance between Gram matrices.
+
+value_b = sum_ij (G_b - T_b)_ij^2 with G = F F^T / (C H W) (Johnson et al.), and with
+``compute_grad`` the gradient 2 (D + D^T) F / (C H W), D = G - T, in the same launch sequence, so
+autograd and the lean engine keep that gradient and nothing else. The target Gram T is (B, C, C)
+or (1, C, C) (one style image for the whole batch); it can be computed once and cached.
+"""
+from typing import Tuple
+
+import torch
+
+from perfloss.ops import dispatch
+from perfloss.ops.common import check_features, empty_grad, reduce, value_dtype
+from perfloss.ops.gram import gram, gram_formula
+
+
+@dispatch.register("style_loss", "reference", ("cpu", "cuda"))
+def _reference(features, target_gram, compute_grad):
+    b, c, h, w = features.shape
+    acc = value_dtype(features.dtype)
+    diff = gram_formula(features, True) - target_gram.to(acc)
+    values = diff.square().sum(dim=(1, 2))
+    if not compute_grad:
+        return values, empty_grad(features)
+    f = features.reshape(b, c, h * w).to(acc)
+    grad = torch.bmm(diff + diff.transpose(1, 2), f) * (2.0 / (c * h * w))
+    return values, grad.reshape(features.shape).to(features.dtype)
+
+
+@torch.library.custom_op("perfloss::style_loss", mutates_args=())
+def style_loss_op(features: torch.Tensor, target_gram: torch.Tensor, compute_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return dispatch.call("style_loss", features, target_gram, compute_grad)
+
+
+@style_loss_op.register_fake
+def _(features, target_gram, compute_grad):
+    values = features.new_empty((features.shape[0],), dtype=value_dtype(features.dtype))
+    return values, (torch.empty_like(features) if compute_grad else empty_grad(features))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _backward(ctx, grad_values, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    return grad_values.to(grad.dtype).view(-1, 1, 1, 1) * grad, None, None
+
+
+style_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_args(features, target_gram):
+    check_features("features", features)
+    b, c = features.shape[:2]
+    if not isinstance(target_gram, torch.Tensor) or target_gram.dim() != 3 or target_gram.shape[1:] != (c, c):
+        shape = tuple(target_gram.shape) if isinstance(target_gram, torch.Tensor) else type(target_gram).__name__
+        raise ValueError(f"target_gram must be ({b} or 1, {c}, {c}) for features with {c} channels, got {shape}")
+    if target_gram.shape[0] not in (1, b):
+        raise ValueError(f"target_gram batch must be 1 or {b}, got {target_gram.shape[0]}")
+    if target_gram.device != features.device:
+        raise ValueError(f"target_gram is on {target_gram.device} but features are on {features.device}")
+
+
+def style_loss_values(features, target_gram, compute_grad=False):
+    """Per-sample style loss values and, with ``compute_grad``, d(sum of values)/d features."""
+    check_args(features, target_gram)
+    return style_loss_op(features, target_gram.expand(features.shape[0], -1, -1), compute_grad)
+
+
+def style_loss(features, target_gram, reduction="mean"):
+    """Style loss between features (B, C, H, W) and a target Gram (B or 1, C, C), reduced over the batch.
+
+    When the target Gram needs a gradient, the plain formula runs instead of the fused op.
+    """
+    check_args(features, target_gram)
+    if torch.is_grad_enabled() and target_gram.requires_grad:
+        acc = value_dtype(features.dtype)
+        return reduce((gram(features).to(acc) - target_gram.to(acc)).square().sum(dim=(1, 2)), reduction)
+    wants_grad = torch.is_grad_enabled() and features.requires_grad
+    values, _ = style_loss_op(features, target_gram.expand(features.shape[0], -1, -1), wants_grad)
+    return reduce(values, reduction)

@@ -1,0 +1,68 @@
+"""perfloss::tv_loss — total variation of images, per sample, and its gradient.
+
+value_b = mean |x[h+1] - x[h]| + mean |x[w+1] - x[w]| (``l1``) or the same with squares (``l2``),
+each mean taken over that direction's C*(H-1)*W or C*H*(W-1) differences.
+"""
+from typing import Tuple
+
+import torch
+
+from perfloss.ops import dispatch
+from perfloss.ops.common import check_features, empty_grad, reduce, value_dtype
+
+KINDS = ("l1", "l2")
+
+
+@dispatch.register("tv_loss", "reference", ("cpu", "cuda"))
+def _reference(x, kind, compute_grad):
+    a = x.to(value_dtype(x.dtype))
+    dh = a[:, :, 1:, :] - a[:, :, :-1, :]
+    dw = a[:, :, :, 1:] - a[:, :, :, :-1]
+    if kind == "l1":
+        values = dh.abs().mean(dim=(1, 2, 3)) + dw.abs().mean(dim=(1, 2, 3))
+        gh, gw = torch.sign(dh) / dh[0].numel(), torch.sign(dw) / dw[0].numel()
+    else:
+        values = dh.square().mean(dim=(1, 2, 3)) + dw.square().mean(dim=(1, 2, 3))
+        gh, gw = dh * (2.0 / dh[0].numel()), dw * (2.0 / dw[0].numel())
+    if not compute_grad:
+        return values, empty_grad(x)
+    grad = torch.zeros_like(a)
+    grad[:, :, 1:, :] += gh
+    grad[:, :, :-1, :] -= gh
+    grad[:, :, :, 1:] += gw
+    grad[:, :, :, :-1] -= gw
+    return values, grad.to(x.dtype)
+
+
+@torch.library.custom_op("perfloss::tv_loss", mutates_args=())
+def tv_loss_op(x: torch.Tensor, kind: str, compute_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    return dispatch.call("tv_loss", x, kind, compute_grad)
+
+
+@tv_loss_op.register_fake
+def _(x, kind, compute_grad):
+    values = x.new_empty((x.shape[0],), dtype=value_dtype(x.dtype))
+    return values, (torch.empty_like(x) if compute_grad else empty_grad(x))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output[1])
+
+
+def _backward(ctx, grad_values, _grad_of_grad):
+    (grad,) = ctx.saved_tensors
+    return grad_values.to(grad.dtype).view(-1, 1, 1, 1) * grad, None, None
+
+
+tv_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def tv_loss(x, kind="l1", reduction="mean"):
+    """Total-variation loss of images x (B, C, H, W), H and W >= 2."""
+    check_features("x", x)
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if x.shape[2] < 2 or x.shape[3] < 2:
+        raise ValueError(f"x must be at least 2x2 for total variation, got {x.shape[2]}x{x.shape[3]}")
+    values, _ = tv_loss_op(x, kind, torch.is_grad_enabled() and x.requires_grad)
+    return reduce(values, reduction)
