@@ -1,0 +1,27 @@
+"""`perfloss bench` end to end on a tiny configuration, through the console entry point."""
+import csv
+import json
+
+from perfloss.cli import main
+
+
+def test_bench_writes_table_json_and_csv(tmp_path, capsys):
+    json_path, csv_path = tmp_path / "bench.json", tmp_path / "bench.csv"
+    code = main(["bench", "--loss", "content", "style", "--engine", "eager", "lean", "checkpoint", "compile",
+                 "--size", "16", "--batch", "2", "--repeat", "1", "--warmup", "1",
+                 "--json", str(json_path), "--csv", str(csv_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "held MB" in out and "lean" in out and "compile" in out
+    results = json.loads(json_path.read_text())
+    rows = results["results"]
+    assert {(r["loss"], r["engine"]) for r in rows} == {
+        (loss, engine) for loss in ("content", "style") for engine in ("eager", "lean", "checkpoint", "compile")}
+    assert results["environment"]["torch"]
+    for r in rows:
+        assert r["median_ms"] > 0 and r["held_for_backward_mb"] > 0
+    held = {(r["loss"], r["engine"]): r["held_for_backward_mb"] for r in rows}
+    assert held[("content", "lean")] < held[("content", "eager")]
+    assert held[("content", "checkpoint")] < held[("content", "eager")]
+    with open(csv_path) as f:
+        assert len(list(csv.DictReader(f))) == len(rows)
