@@ -31,7 +31,7 @@ def _extensions():
     cpu_sources = sorted(glob.glob("csrc/*.cpp"))
     if not cpu_sources:
         return [], {}
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3"]  # torch picks the C++ standard its headers need
     if os.name != "nt":
         cxx_flags += ["-fopenmp"]
     extra = {"cxx": cxx_flags}
@@ -40,7 +40,7 @@ def _extensions():
         if archs and "TORCH_CUDA_ARCH_LIST" not in os.environ:
             os.environ["TORCH_CUDA_ARCH_LIST"] = archs
         sources = cpu_sources + sorted(glob.glob("csrc/cuda/*.cpp")) + sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
         ext = cpp_extension.CUDAExtension(
             "perfloss._C", sources, extra_compile_args=extra, extra_link_args=["-fopenmp"],
             define_macros=[("PERFLOSS_WITH_CUDA", "1")],

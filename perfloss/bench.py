@@ -18,6 +18,7 @@ from typing import Dict, List, Optional
 import torch
 
 import perfloss
+from perfloss.engine.memory import graph_saved_bytes
 from perfloss.losses.base import lean_engine
 
 LOSSES = ("content", "style", "johnson", "l1", "lpips")
@@ -78,8 +79,9 @@ def _proc_status(field: str) -> int:
     raise OSError(field)
 
 
-def measure(loss_fn, args, device, repeat: int, warmup: int) -> Dict[str, float]:
-    from perfloss.engine.memory import held_for_backward
+def measure(loss_fn, args, resident, device, repeat: int, warmup: int) -> Dict[str, float]:
+    """Median fwd+bwd time, memory held for backward (excluding the ``resident`` tensors: inputs,
+    weights) and peak memory of one step."""
 
     def step():
         loss_fn(*args).backward()
@@ -96,7 +98,7 @@ def measure(loss_fn, args, device, repeat: int, warmup: int) -> Dict[str, float]
         times.append(time.perf_counter() - start)
 
     value = loss_fn(*args)
-    held = held_for_backward(value)
+    held = graph_saved_bytes(value, exclude=resident)
     value.backward()
     args[0].grad = None
     del value
@@ -133,8 +135,9 @@ def run(args) -> List[Dict]:
     for kind, engine in tqdm(jobs, desc="perfloss bench", unit="run"):
         loss = build_loss(kind, args.backbone, layers, engine).to(device, dtype)
         loss_fn = torch.compile(loss) if engine == "compile" else loss
-        result = measure(loss_fn, _loss_inputs(kind, batch, size, device, dtype, loss), device,
-                         args.repeat, args.warmup)
+        loss_args = _loss_inputs(kind, batch, size, device, dtype, loss)
+        resident = [*loss_args, *loss.parameters(), *loss.buffers()]
+        result = measure(loss_fn, loss_args, resident, device, args.repeat, args.warmup)
         rows.append({"loss": kind, "backbone": args.backbone, "engine": engine, "batch": batch, "size": size,
                      "dtype": args.dtype, "device": device.type, **result})
     return rows

@@ -44,6 +44,28 @@ def distance_formula(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Opti
     return d.sum(dim=1).mean(dim=(1, 2))
 
 
+def _laid_out_like(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of ``torch.empty_like(like)``, which is what the fake kernel promises."""
+    out = torch.empty_like(like)
+    return t if t.stride() == out.stride() else out.copy_(t)
+
+
+# Implementations, in order of preference per device (see dispatch.py and backend_info()).
+_native = dispatch.native_op("feature_distance_kernel")
+if _native is not None:
+
+    @dispatch.register("feature_distance", "cpp", ("cpu",))
+    def _cpp(f0, f1, kind, weight, compute_grad):
+        return _native(f0, f1, kind, weight, compute_grad)
+
+
+@dispatch.register("feature_distance", "triton", ("cuda", "cpu"))
+def _triton(f0, f1, kind, weight, compute_grad):
+    from perfloss.kernels.feature_distance import feature_distance as kernel
+
+    return kernel(f0, f1, kind, weight, compute_grad)
+
+
 @dispatch.register("feature_distance", "reference", ("cpu", "cuda"))
 def _reference(f0, f1, kind, weight, compute_grad):
     values = distance_formula(f0, f1, kind, weight)
@@ -66,7 +88,7 @@ def _reference(f0, f1, kind, weight, compute_grad):
             lin = 1.0 if weight is None else weight.to(acc).view(1, -1, 1, 1)
             upstream = 2.0 * lin * (n0 - n1) / (h * w)
         grad = (upstream - n0 * (n0 * upstream).sum(dim=1, keepdim=True)) * inv_r0
-    return values, grad.to(f0.dtype)
+    return values, _laid_out_like(f0, grad.to(f0.dtype))
 
 
 @torch.library.custom_op("perfloss::feature_distance", mutates_args=())
@@ -83,11 +105,20 @@ def _(f0, f1, kind, weight, compute_grad):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
+    f0, f1, kind, weight, compute_grad = inputs
+    ctx.recompute = not compute_grad
+    ctx.kind = kind
+    # The fused gradient when the op computed it; otherwise (a caller that asked for values only
+    # and differentiates anyway) the inputs, to compute it in backward.
+    ctx.save_for_backward(*((f0, f1, weight) if ctx.recompute else (output[1],)))
 
 
 def _backward(ctx, grad_values, _grad_of_grad):
-    (grad,) = ctx.saved_tensors
+    if ctx.recompute:
+        f0, f1, weight = ctx.saved_tensors
+        grad = feature_distance_op(f0, f1, ctx.kind, weight, True)[1]
+    else:
+        (grad,) = ctx.saved_tensors
     return (grad_values.to(grad.dtype).view(-1, 1, 1, 1) * grad), None, None, None, None
 
 

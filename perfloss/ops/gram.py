@@ -17,6 +17,22 @@ def gram_formula(features: torch.Tensor, normalize: bool) -> torch.Tensor:
     return g / (c * h * w) if normalize else g
 
 
+# Implementations, in order of preference per device (see dispatch.py and backend_info()).
+_native = dispatch.native_op("gram_kernel")
+if _native is not None:
+
+    @dispatch.register("gram", "cpp", ("cpu",))
+    def _cpp(features, normalize):
+        return _native(features, normalize)
+
+
+@dispatch.register("gram", "triton", ("cuda", "cpu"))
+def _triton(features, normalize):
+    from perfloss.kernels.gram import gram as kernel
+
+    return kernel(features, normalize)
+
+
 @dispatch.register("gram", "reference", ("cpu", "cuda"))
 def _reference(features, normalize):
     return gram_formula(features, normalize).to(features.dtype)

@@ -14,6 +14,28 @@ from perfloss.ops.common import check_features, empty_grad, reduce, value_dtype
 from perfloss.ops.gram import gram, gram_formula
 
 
+def _laid_out_like(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of ``torch.empty_like(like)``, which is what the fake kernel promises."""
+    out = torch.empty_like(like)
+    return t if t.stride() == out.stride() else out.copy_(t)
+
+
+# Implementations, in order of preference per device (see dispatch.py and backend_info()).
+_native = dispatch.native_op("style_loss_kernel")
+if _native is not None:
+
+    @dispatch.register("style_loss", "cpp", ("cpu",))
+    def _cpp(features, target_gram, compute_grad):
+        return _native(features, target_gram, compute_grad)
+
+
+@dispatch.register("style_loss", "triton", ("cuda", "cpu"))
+def _triton(features, target_gram, compute_grad):
+    from perfloss.kernels.style_loss import style_loss as kernel
+
+    return kernel(features, target_gram, compute_grad)
+
+
 @dispatch.register("style_loss", "reference", ("cpu", "cuda"))
 def _reference(features, target_gram, compute_grad):
     b, c, h, w = features.shape
@@ -24,7 +46,7 @@ def _reference(features, target_gram, compute_grad):
         return values, empty_grad(features)
     f = features.reshape(b, c, h * w).to(acc)
     grad = torch.bmm(diff + diff.transpose(1, 2), f) * (2.0 / (c * h * w))
-    return values, grad.reshape(features.shape).to(features.dtype)
+    return values, _laid_out_like(features, grad.reshape(features.shape).to(features.dtype))
 
 
 @torch.library.custom_op("perfloss::style_loss", mutates_args=())
@@ -39,11 +61,19 @@ def _(features, target_gram, compute_grad):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
+    features, target_gram, compute_grad = inputs
+    ctx.recompute = not compute_grad
+    # The fused gradient when the op computed it; otherwise (a caller that asked for values only
+    # and differentiates anyway) the inputs, to compute it in backward.
+    ctx.save_for_backward(*((features, target_gram) if ctx.recompute else (output[1],)))
 
 
 def _backward(ctx, grad_values, _grad_of_grad):
-    (grad,) = ctx.saved_tensors
+    if ctx.recompute:
+        features, target_gram = ctx.saved_tensors
+        grad = style_loss_op(features, target_gram, True)[1]
+    else:
+        (grad,) = ctx.saved_tensors
     return grad_values.to(grad.dtype).view(-1, 1, 1, 1) * grad, None, None
 
 

@@ -13,6 +13,28 @@ from perfloss.ops.common import check_features, empty_grad, reduce, value_dtype
 KINDS = ("l1", "l2")
 
 
+def _laid_out_like(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``t`` with the strides of ``torch.empty_like(like)``, which is what the fake kernel promises."""
+    out = torch.empty_like(like)
+    return t if t.stride() == out.stride() else out.copy_(t)
+
+
+# Implementations, in order of preference per device (see dispatch.py and backend_info()).
+_native = dispatch.native_op("tv_loss_kernel")
+if _native is not None:
+
+    @dispatch.register("tv_loss", "cpp", ("cpu",))
+    def _cpp(x, kind, compute_grad):
+        return _native(x, kind, compute_grad)
+
+
+@dispatch.register("tv_loss", "triton", ("cuda", "cpu"))
+def _triton(x, kind, compute_grad):
+    from perfloss.kernels.tv_loss import tv_loss as kernel
+
+    return kernel(x, kind, compute_grad)
+
+
 @dispatch.register("tv_loss", "reference", ("cpu", "cuda"))
 def _reference(x, kind, compute_grad):
     a = x.to(value_dtype(x.dtype))
@@ -31,7 +53,7 @@ def _reference(x, kind, compute_grad):
     grad[:, :, :-1, :] -= gh
     grad[:, :, :, 1:] += gw
     grad[:, :, :, :-1] -= gw
-    return values, grad.to(x.dtype)
+    return values, _laid_out_like(x, grad.to(x.dtype))
 
 
 @torch.library.custom_op("perfloss::tv_loss", mutates_args=())
@@ -46,11 +68,20 @@ def _(x, kind, compute_grad):
 
 
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(output[1])
+    x, kind, compute_grad = inputs
+    ctx.recompute = not compute_grad
+    ctx.kind = kind
+    # The fused gradient when the op computed it; otherwise (a caller that asked for values only
+    # and differentiates anyway) the input, to compute it in backward.
+    ctx.save_for_backward(x if ctx.recompute else output[1])
 
 
 def _backward(ctx, grad_values, _grad_of_grad):
-    (grad,) = ctx.saved_tensors
+    if ctx.recompute:
+        (x,) = ctx.saved_tensors
+        grad = tv_loss_op(x, ctx.kind, True)[1]
+    else:
+        (grad,) = ctx.saved_tensors
     return grad_values.to(grad.dtype).view(-1, 1, 1, 1) * grad, None, None
 
 

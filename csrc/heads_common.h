@@ -1,0 +1,186 @@
+// Helpers shared by the loss-head CPU kernels (gram, style_loss, feature_distance, tv_loss).
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+// Hot loops get AVX-512 / AVX2 clones picked at load time by CPU features (GCC function
+// multiversioning); other compilers and CPUs use the baseline build.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define PERFLOSS_HOT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PERFLOSS_HOT_CLONES
+#endif
+
+namespace perfloss {
+namespace heads {
+
+// The dense layout a kernel works in: NCHW-contiguous or channels_last (NHWC).
+inline bool work_channels_last(const at::Tensor& x) {
+  if (x.is_contiguous()) return false;
+  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return true;
+  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+}
+
+inline at::MemoryFormat fmt_of(bool channels_last) {
+  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+inline void check_features(const at::Tensor& x, const char* name) {
+  TORCH_CHECK(x.dim() == 4, name, " must be a 4-D (B, C, H, W) tensor, got ", x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), name, " must be floating point, got ", x.scalar_type());
+  TORCH_CHECK(x.numel() > 0, name, " must not be empty");
+  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor");
+}
+
+// The dtype loss values are returned in (float32, float64 for float64 inputs).
+inline at::ScalarType value_type(at::ScalarType t) {
+  return t == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// A gradient tensor laid out exactly as torch.empty_like(like) (what the fake kernels return), and the
+// dense tensor in `channels_last`-or-contiguous layout the kernel writes into (the same tensor when
+// the layouts agree; otherwise finish_grad copies it over).
+struct GradOut {
+  at::Tensor out;
+  at::Tensor work;
+};
+
+inline GradOut make_grad(const at::Tensor& like, bool channels_last) {
+  GradOut g;
+  g.out = at::empty_like(like);
+  if (g.out.is_contiguous(fmt_of(channels_last))) {
+    g.work = g.out;
+  } else {
+    g.work = at::empty(like.sizes(), like.options().memory_format(fmt_of(channels_last)));
+  }
+  return g;
+}
+
+inline at::Tensor finish_grad(GradOut& g) {
+  if (!g.work.is_same(g.out)) g.out.copy_(g.work);
+  return g.out;
+}
+
+// Sum per-task partial sums into per-sample values in a fixed order (deterministic), in double.
+template <typename acc_t>
+inline void reduce_partials(const std::vector<acc_t>& partials, int64_t batch, int64_t per_sample,
+                            double scale, at::Tensor& values) {
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "reduce_partials", [&] {
+    scalar_t* v = values.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < batch; ++b) {
+      double s = 0.0;
+      for (int64_t t = 0; t < per_sample; ++t) s += static_cast<double>(partials[b * per_sample + t]);
+      v[b] = static_cast<scalar_t>(s * scale);
+    }
+  });
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+
+// ---- Gram machinery (shared by gram.cpp and style_loss.cpp) ------------------------------------
+// A sample's features are F (C x N), N = H*W. Work goes in k-chunks of `kc` pixels: a chunk is
+// packed k-major into a panel P (kcp x Cp) of the accumulation type, Cp = C rounded up to NR and
+// kcp = kc rounded up to MR, zero padded, so the micro-kernels have no edge cases. In NHWC the
+// panel is a straight copy of kc contiguous channel vectors; in NCHW it is a transpose.
+constexpr int64_t kGramMR = 8;
+constexpr int64_t kGramNR = 16;
+
+inline int64_t gram_padded_channels(int64_t C) { return ceil_div(C, kGramNR) * kGramNR; }
+
+// Pixels per chunk: keeps a panel around 64 KiB of fp32.
+inline int64_t gram_chunk(int64_t Cp) { return std::max<int64_t>(32, std::min<int64_t>(512, 16384 / Cp)); }
+
+template <typename scalar_t, typename acc_t>
+void gram_pack(const scalar_t* x, bool channels_last, int64_t C, int64_t N, int64_t k0, int64_t kc,
+               int64_t Cp, acc_t* P) {
+  const int64_t kcp = ceil_div(kc, kGramMR) * kGramMR;
+  std::fill(P, P + kcp * Cp, acc_t(0));
+  if (channels_last) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const scalar_t* src = x + (k0 + k) * C;
+      acc_t* dst = P + k * Cp;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) dst[c] = static_cast<acc_t>(src[c]);
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const scalar_t* src = x + c * N + k0;
+      for (int64_t k = 0; k < kc; ++k) P[k * Cp + c] = static_cast<acc_t>(src[k]);
+    }
+  }
+}
+
+// G (Cp x Cp) += P^T P on the tiles that touch the upper triangle (i <= j) only.
+template <typename acc_t>
+PERFLOSS_HOT_CLONES void gram_syrk_panel(const acc_t* P, int64_t kc, int64_t Cp, acc_t* G) {
+  constexpr int64_t MR = kGramMR, NR = kGramNR;
+  for (int64_t i0 = 0; i0 < Cp; i0 += MR) {
+    for (int64_t j0 = (i0 / NR) * NR; j0 < Cp; j0 += NR) {
+      acc_t acc[MR][NR];
+      for (int64_t r = 0; r < MR; ++r)
+        for (int64_t s = 0; s < NR; ++s) acc[r][s] = 0;
+      for (int64_t k = 0; k < kc; ++k) {
+        const acc_t* row = P + k * Cp;
+        for (int64_t r = 0; r < MR; ++r) {
+          const acc_t a = row[i0 + r];
+#pragma omp simd
+          for (int64_t s = 0; s < NR; ++s) acc[r][s] += a * row[j0 + s];
+        }
+      }
+      for (int64_t r = 0; r < MR; ++r) {
+        acc_t* g = G + (i0 + r) * Cp + j0;
+#pragma omp simd
+        for (int64_t s = 0; s < NR; ++s) g[s] += acc[r][s];
+      }
+    }
+  }
+}
+
+// Unnormalised Gram of every sample in the accumulation type, full symmetric (B, Cp, Cp), computed
+// split-K over N with per-split partial matrices summed in a fixed order (deterministic).
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> gram_full(const scalar_t* x, bool channels_last, int64_t B, int64_t C, int64_t N) {
+  const int64_t Cp = gram_padded_channels(C);
+  const int64_t KC = gram_chunk(Cp);
+  const int64_t chunks = ceil_div(N, KC);
+  const int64_t threads = at::get_num_threads();
+  const int64_t splits = std::max<int64_t>(1, std::min<int64_t>(chunks, ceil_div(threads, B)));
+  std::vector<acc_t> part(B * splits * Cp * Cp, acc_t(0));
+  at::parallel_for(0, B * splits, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> panel(ceil_div(KC, kGramMR) * kGramMR * Cp);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / splits, sp = t % splits;
+      const int64_t c_begin = sp * chunks / splits, c_end = (sp + 1) * chunks / splits;
+      const scalar_t* xb = x + b * C * N;
+      acc_t* G = part.data() + t * Cp * Cp;
+      for (int64_t ch = c_begin; ch < c_end; ++ch) {
+        const int64_t k0 = ch * KC, kc = std::min(KC, N - k0);
+        gram_pack(xb, channels_last, C, N, k0, kc, Cp, panel.data());
+        gram_syrk_panel(panel.data(), kc, Cp, G);
+      }
+    }
+  });
+  std::vector<acc_t> out(B * Cp * Cp, acc_t(0));
+  for (int64_t b = 0; b < B; ++b) {
+    acc_t* G = out.data() + b * Cp * Cp;
+    for (int64_t sp = 0; sp < splits; ++sp) {
+      const acc_t* src = part.data() + (b * splits + sp) * Cp * Cp;
+      for (int64_t i = 0; i < C; ++i)
+        for (int64_t j = i; j < C; ++j) G[i * Cp + j] += src[i * Cp + j];
+    }
+    for (int64_t i = 0; i < C; ++i)
+      for (int64_t j = i + 1; j < C; ++j) G[j * Cp + i] = G[i * Cp + j];
+  }
+  return out;
+}
+
+}  // namespace heads
+}  // namespace perfloss
