@@ -17,21 +17,13 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from perfloss import engine as lean_engine
 from perfloss import inputs
 from perfloss.backbones import Backbone, get_backbone
 from perfloss.heads import TapHead
 from perfloss.ops.common import REDUCTIONS, reduce
 
 ENGINES = ("lean", "eager", "checkpoint")
-
-
-def lean_engine():
-    """The lean engine module, or None where it is not available."""
-    try:
-        from perfloss import engine
-    except ImportError:
-        return None
-    return engine
 
 
 def build_backbone(backbone, taps: Sequence[str], weights, pooling: str = "max") -> Backbone:
@@ -84,14 +76,9 @@ class BackboneLoss(nn.Module):
         self.engine = self._resolve_engine(engine)
 
     def _resolve_engine(self, engine: Optional[str]) -> str:
-        lean = lean_engine()
-        if engine in ("eager", "checkpoint"):
+        if engine is not None:
             return engine
-        if engine == "lean":
-            if lean is None:
-                raise RuntimeError("engine='lean' needs perfloss.engine, which failed to import")
-            return "lean"
-        return "lean" if lean is not None and lean.plan_for(self.backbone).is_lean else "eager"
+        return "lean" if lean_engine.plan_for(self.backbone).is_lean else "eager"
 
     def extra_repr(self) -> str:
         return f"input_range={self.input_range}, reduction={self.reduction!r}, engine={self.engine!r}"
@@ -122,7 +109,7 @@ class BackboneLoss(nn.Module):
         grad_to_target = torch.is_grad_enabled() and (
             (target_x is not None and target_x.requires_grad) or any(t.requires_grad for t in targets or ()))
         if self.engine == "lean" and grad_to_input and not grad_to_target:
-            return lean_engine().lean_loss(self.backbone_plan(), x, list(self.heads), targets=targets,
+            return lean_engine.lean_loss(self.backbone_plan(), x, list(self.heads), targets=targets,
                                            target_x=target_x, tap_grad_dtype=self.tap_grad_dtype)
         if targets is None and grad_to_input and not grad_to_target:
             # The target's activations must not join the input's graph: run it alone under no_grad.
@@ -140,7 +127,7 @@ class BackboneLoss(nn.Module):
         return sum(head.values(features[head.tap], t) for head, t in zip(self.heads, targets))
 
     def backbone_plan(self):
-        return lean_engine().plan_for(self.backbone)
+        return lean_engine.plan_for(self.backbone)
 
     def reduce(self, values: torch.Tensor) -> torch.Tensor:
         return reduce(values, self.reduction)

@@ -1,0 +1,112 @@
+"""PerceptualGradientNetwork: predicts a perceptual loss's gradient from (generated, target)."""
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .heads import HEADS, IMAGENET_MEAN, IMAGENET_STD, apply_head
+from .networks import ARCHS, build_body
+
+CHECKPOINT_FORMAT = "perfloss.pgn"
+CHECKPOINT_VERSION = 1
+DEFAULT_GRAD_SCALE = {"resnet4": 0.025, "resnet6": 0.025, "resnet8": 0.025, "unet": 0.048}
+
+
+def check_images(y_hat, y, *, names=("y_hat", "y")) -> None:
+    """Both are float (N, 3, H, W) tensors of one shape, dtype and device."""
+    for name, t in zip(names, (y_hat, y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if t.dim() != 4 or t.shape[1] != 3:
+            raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(t.shape)}")
+    if y.shape != y_hat.shape:
+        raise ValueError(f"{names[1]} must have the shape of {names[0]} {tuple(y_hat.shape)}, got {tuple(y.shape)}")
+    if y.dtype != y_hat.dtype:
+        raise TypeError(f"{names[1]} must have the dtype of {names[0]} ({y_hat.dtype}), got {y.dtype}")
+    if y.device != y_hat.device:
+        raise ValueError(f"{names[1]} must be on the device of {names[0]} ({y_hat.device}), got {y.device}")
+
+
+class PerceptualGradientNetwork(nn.Module):
+    """A small network predicting the gradient of a perceptual loss (Nikulin et al. 2021).
+
+    Args:
+        arch: ``"resnet4" | "resnet6" | "resnet8" | "unet"`` (see :mod:`perfloss.pgn.networks`).
+        head: ``"sigmoid"`` (default; p = 1.1 * normalize(sigmoid(out))), ``"raw"`` (p = out) or
+            ``"direct"`` (the network predicts y_hat - p); see :mod:`perfloss.pgn.heads`.
+        grad_scale: s in g = 2 (y_hat - p) / (C H W s); default 0.025 for ResNets, 0.048 for the UNet.
+        input_range: the range of the images, ``(0, 1)`` or ``(-1, 1)`` (any lo < hi).
+
+    ``forward(y_hat, y)`` returns ``(proxy, grad)``, both of y_hat's shape, in y_hat's range and dtype.
+    """
+
+    def __init__(self, arch: str = "resnet4", head: str = "sigmoid", grad_scale: Optional[float] = None,
+                 input_range: Tuple[float, float] = (0.0, 1.0)):
+        super().__init__()
+        if arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if grad_scale is None:
+            grad_scale = DEFAULT_GRAD_SCALE[arch]
+        if not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool) or not grad_scale > 0:
+            raise ValueError(f"grad_scale must be a positive number, got {grad_scale!r}")
+        lo, hi = (float(v) for v in input_range)
+        if not hi > lo:
+            raise ValueError(f"input_range must be (lo, hi) with lo < hi, got {input_range!r}")
+        self.arch, self.head, self.grad_scale = arch, head, float(grad_scale)
+        self.input_range = (lo, hi)
+        self.body = build_body(arch)
+        # x_normalised = x * in_scale + in_shift, per channel, for the 6 stacked channels.
+        std = torch.tensor(IMAGENET_STD * 2)
+        mean = torch.tensor(IMAGENET_MEAN * 2)
+        self.register_buffer("in_scale", (1.0 / ((hi - lo) * std)).view(1, 6, 1, 1), persistent=False)
+        self.register_buffer("in_shift", (-(lo / (hi - lo)) / std - mean / std).view(1, 6, 1, 1), persistent=False)
+
+    # -- configuration and checkpoints ------------------------------------------------------------
+    def config(self) -> dict:
+        return {"arch": self.arch, "head": self.head, "grad_scale": self.grad_scale,
+                "input_range": list(self.input_range)}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+
+    def save(self, path, **extra) -> None:
+        """Write config + weights (+ JSON-like ``extra``) to ``path``; read back with :meth:`load`."""
+        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
+        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config(),
+                    "state_dict": state, "extra": extra}, os.fspath(path))
+
+    @classmethod
+    def load(cls, path, map_location="cpu") -> "PerceptualGradientNetwork":
+        ckpt = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a perfloss PGN checkpoint (written by PerceptualGradientNetwork.save)")
+        if ckpt.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(f"{path}: unsupported PGN checkpoint version {ckpt.get('version')!r}")
+        cfg = dict(ckpt["config"])
+        cfg["input_range"] = tuple(cfg["input_range"])
+        net = cls(**cfg)
+        net.load_state_dict(ckpt["state_dict"])  # strict: key mismatches are errors
+        net.checkpoint_extra = ckpt.get("extra", {})
+        return net
+
+    # -- forward ----------------------------------------------------------------------------------
+    def normalize_input(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([y_hat, y], dim=1)
+        return x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
+
+    def forward(self, y_hat: torch.Tensor, y: torch.Tensor):
+        check_images(y_hat, y)
+        out = self.body(self.normalize_input(y_hat, y))
+        lo, hi = self.input_range
+        return apply_head(self.head, out, y_hat, lo, hi - lo, self.grad_scale)
+
+    def inference(self, dtype: Optional[torch.dtype] = None, channels_last: bool = True,
+                  cuda_graph: bool = False, fused_head: bool = True):
+        """An eval-only copy with BatchNorm folded into the convs; see :func:`perfloss.pgn.inference.fold`."""
+        from .inference import fold
+        return fold(self, dtype=dtype, channels_last=channels_last, cuda_graph=cuda_graph, fused_head=fused_head)
