@@ -19,7 +19,6 @@ import torch
 
 import perfloss
 from perfloss.engine.memory import graph_saved_bytes
-from perfloss.losses.base import lean_engine
 
 LOSSES = ("content", "style", "johnson", "l1", "lpips")
 ENGINES = ("eager", "lean", "checkpoint", "compile")
@@ -118,10 +117,6 @@ def measure(loss_fn, args, resident, device, repeat: int, warmup: int) -> Dict[s
             "peak_mb": None if peak is None else peak / 2**20}
 
 
-def available_engines(requested: List[str]) -> List[str]:
-    return [e for e in requested if e != "lean" or lean_engine() is not None]
-
-
 def run(args) -> List[Dict]:
     from tqdm import tqdm
 
@@ -130,7 +125,7 @@ def run(args) -> List[Dict]:
     batch = args.batch or (16 if device.type == "cuda" else 4)
     dtype = DTYPES[args.dtype]
     layers = args.layers.split(",") if args.layers else None
-    jobs = [(kind, engine) for kind in args.loss for engine in available_engines(args.engine)]
+    jobs = [(kind, engine) for kind in args.loss for engine in args.engine]
     rows = []
     for kind, engine in tqdm(jobs, desc="perfloss bench", unit="run"):
         loss = build_loss(kind, args.backbone, layers, engine).to(device, dtype)

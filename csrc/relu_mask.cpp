@@ -1,0 +1,159 @@
+// perfloss::relu_mask_kernel / relu_mask_backward_kernel: ReLU / LeakyReLU fused with a 1-bit packed
+// sign mask (8 elements per byte, memory order) and the mask-unpack fused with the backward multiply.
+// See perfloss/ops/relu_mask.py for the contract; the reference there is the specification.
+#include "lean_common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace perfloss {
+namespace lean {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> relu_mask_kernel(const at::Tensor& x_in, double negative_slope, int64_t keep) {
+  TORCH_CHECK(x_in.device().is_cpu(), "relu_mask_kernel: x must be a CPU tensor");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "relu_mask_kernel: x must be floating point");
+  const at::Tensor x = dense(x_in);
+  const int64_t n = x.numel();
+  const int64_t batch = x.dim() > 0 ? x.size(0) : 1;
+  TORCH_CHECK(keep >= 0 && keep <= batch, "relu_mask_kernel: keep out of range");
+  const int64_t per_sample = batch > 0 ? n / batch : 0;
+  const int64_t n_keep = keep * per_sample;
+  at::Tensor y = at::empty_like(x);
+  at::Tensor mask = at::empty({packed_bytes(n_keep, 1)}, x.options().dtype(at::kByte));
+  const int64_t n_bytes = (n + 7) / 8;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "relu_mask_kernel", [&] {
+    using opmath_t = at::opmath_type<scalar_t>;
+    const scalar_t* src = x.const_data_ptr<scalar_t>();
+    scalar_t* dst = y.mutable_data_ptr<scalar_t>();
+    uint8_t* m = mask.mutable_data_ptr<uint8_t>();
+    const opmath_t slope = static_cast<opmath_t>(negative_slope);
+    const bool plain = negative_slope == 0.0;
+    at::parallel_for(0, n_bytes, kGrain, [&](int64_t b0, int64_t b1) {
+      const int64_t e_begin = b0 * 8, e_end = std::min<int64_t>(b1 * 8, n);
+      // 1) the activation: a branch-free loop the compiler vectorises (NaN propagates as in torch.relu)
+      if (plain) {
+        for (int64_t e = e_begin; e < e_end; ++e) {
+          const scalar_t v = src[e];
+          dst[e] = static_cast<opmath_t>(v) <= opmath_t(0) ? scalar_t(0) : v;
+        }
+      } else {
+        for (int64_t e = e_begin; e < e_end; ++e) {
+          const opmath_t fv = static_cast<opmath_t>(src[e]);
+          dst[e] = static_cast<scalar_t>(fv > opmath_t(0) ? fv : fv * slope);
+        }
+      }
+      // 2) the mask of the kept samples: 8 compares per byte
+      const int64_t kb_end = std::min<int64_t>(b1, (n_keep + 7) / 8);
+      for (int64_t byte = b0; byte < kb_end; ++byte) {
+        const int64_t e0 = byte * 8;
+        uint8_t bits = 0;
+        if (e0 + 8 <= n_keep) {
+          const scalar_t* p = src + e0;
+          for (int j = 0; j < 8; ++j) bits |= static_cast<uint8_t>(static_cast<opmath_t>(p[j]) > opmath_t(0)) << j;
+        } else {
+          for (int64_t e = e0; e < n_keep; ++e)
+            bits |= static_cast<uint8_t>(static_cast<opmath_t>(src[e]) > opmath_t(0)) << (e - e0);
+        }
+        m[byte] = bits;
+      }
+    });
+  });
+  return {y, mask};
+}
+
+// 256 x 8 select masks: lane j of row `byte` is all ones when bit j of `byte` is set. Selecting with a
+// bitwise AND keeps the backward exact (grad, or +0) and lets the compiler vectorise the 8 lanes.
+template <typename U>
+struct SelectLut {
+  U m[256][8];
+  SelectLut() {
+    for (int b = 0; b < 256; ++b)
+      for (int j = 0; j < 8; ++j) m[b][j] = ((b >> j) & 1) ? static_cast<U>(~U(0)) : U(0);
+  }
+};
+
+template <typename scalar_t, typename U>
+void relu_mask_backward_impl(const scalar_t* g, const uint8_t* m, scalar_t* o, int64_t n, double negative_slope) {
+  static_assert(sizeof(scalar_t) == sizeof(U), "lane type must match the scalar size");
+  using opmath_t = at::opmath_type<scalar_t>;
+  static const SelectLut<U> lut;
+  const opmath_t slope = static_cast<opmath_t>(negative_slope);
+  const bool plain = negative_slope == 0.0;
+  const int64_t full = n / 8;
+  at::parallel_for(0, (n + 7) / 8, kGrain, [&](int64_t b0, int64_t b1) {
+    const int64_t fb1 = std::min(b1, full);
+    for (int64_t byte = b0; byte < fb1; ++byte) {
+      const U* sel = lut.m[m[byte]];
+      U gu[8], ou[8];
+      std::memcpy(gu, g + byte * 8, sizeof(gu));
+      if (plain) {
+        for (int j = 0; j < 8; ++j) ou[j] = gu[j] & sel[j];
+      } else {
+        U su[8];
+        scalar_t sv[8];
+        for (int j = 0; j < 8; ++j)
+          sv[j] = static_cast<scalar_t>(static_cast<opmath_t>(g[byte * 8 + j]) * slope);
+        std::memcpy(su, sv, sizeof(su));
+        for (int j = 0; j < 8; ++j) ou[j] = (gu[j] & sel[j]) | (su[j] & static_cast<U>(~sel[j]));
+      }
+      std::memcpy(o + byte * 8, ou, sizeof(ou));
+    }
+    for (int64_t byte = std::max(b0, full); byte < b1; ++byte) {  // the tail byte
+      const uint8_t bits = m[byte];
+      for (int64_t e = byte * 8; e < n; ++e) {
+        const bool on = (bits >> (e - byte * 8)) & 1u;
+        o[e] = on ? g[e] : (plain ? scalar_t(0) : static_cast<scalar_t>(static_cast<opmath_t>(g[e]) * slope));
+      }
+    }
+  });
+}
+
+at::Tensor relu_mask_backward_kernel(const at::Tensor& grad_in, const at::Tensor& mask, double negative_slope) {
+  TORCH_CHECK(grad_in.device().is_cpu() && mask.device().is_cpu(), "relu_mask_backward_kernel: CPU tensors expected");
+  TORCH_CHECK(mask.scalar_type() == at::kByte, "relu_mask_backward_kernel: mask must be uint8");
+  const at::Tensor grad = dense(grad_in);
+  const at::Tensor m_t = mask.contiguous();
+  const int64_t n = grad.numel();
+  TORCH_CHECK(m_t.numel() == packed_bytes(n, 1), "relu_mask_backward_kernel: mask has ", m_t.numel(),
+              " bytes, expected ", packed_bytes(n, 1));
+  at::Tensor out = at::empty_like(grad);
+  const uint8_t* m = m_t.const_data_ptr<uint8_t>();
+  switch (grad.scalar_type()) {
+    case at::kFloat:
+      relu_mask_backward_impl<float, uint32_t>(grad.const_data_ptr<float>(), m, out.mutable_data_ptr<float>(), n,
+                                               negative_slope);
+      break;
+    case at::kDouble:
+      relu_mask_backward_impl<double, uint64_t>(grad.const_data_ptr<double>(), m, out.mutable_data_ptr<double>(), n,
+                                                negative_slope);
+      break;
+    case at::kBFloat16:
+      relu_mask_backward_impl<at::BFloat16, uint16_t>(grad.const_data_ptr<at::BFloat16>(), m,
+                                                      out.mutable_data_ptr<at::BFloat16>(), n, negative_slope);
+      break;
+    case at::kHalf:
+      relu_mask_backward_impl<at::Half, uint16_t>(grad.const_data_ptr<at::Half>(), m, out.mutable_data_ptr<at::Half>(),
+                                                  n, negative_slope);
+      break;
+    default:
+      TORCH_CHECK(false, "relu_mask_backward_kernel: unsupported dtype ", grad.scalar_type());
+  }
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(perfloss, m) {
+  m.def("relu_mask_kernel(Tensor x, float negative_slope, int keep) -> (Tensor, Tensor)");
+  m.def("relu_mask_backward_kernel(Tensor grad, Tensor mask, float negative_slope) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(perfloss, CPU, m) {
+  m.impl("relu_mask_kernel", &relu_mask_kernel);
+  m.impl("relu_mask_backward_kernel", &relu_mask_backward_kernel);
+}
+
+}  // namespace lean
+}  // namespace perfloss
