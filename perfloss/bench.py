@@ -7,6 +7,7 @@ random: speed and memory do not depend on their values.
 """
 import argparse
 import csv
+import ctypes
 import json
 import platform
 import statistics
@@ -61,12 +62,17 @@ def _sync(device):
 
 
 def _rss_peak_reset() -> Optional[int]:
-    """Reset the process's peak RSS (Linux) and return the current RSS in bytes, or None."""
+    """Reset the process's peak RSS (Linux) and return the current RSS in bytes, or None.
+
+    Freed memory that the C allocator kept is handed back first, so the next step's allocations
+    show up as new resident pages instead of reusing pages already counted.
+    """
     try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return _proc_status("VmRSS")
-    except OSError:
+    except (OSError, AttributeError):
         return None
 
 
@@ -78,9 +84,13 @@ def _proc_status(field: str) -> int:
     raise OSError(field)
 
 
-def measure(loss_fn, args, resident, device, repeat: int, warmup: int) -> Dict[str, float]:
+def measure(loss_fn, args, resident, device, repeat: int, warmup: int, walk_graph: bool = True) -> Dict[str, float]:
     """Median fwd+bwd time, memory held for backward (excluding the ``resident`` tensors: inputs,
-    weights) and peak memory of one step."""
+    weights) and peak memory of one step.
+
+    ``walk_graph=False`` skips the held-memory walk: under torch.utils.checkpoint, reading a saved
+    tensor runs the recomputation, so the walk would measure the recomputed activations.
+    """
 
     def step():
         loss_fn(*args).backward()
@@ -96,11 +106,13 @@ def measure(loss_fn, args, resident, device, repeat: int, warmup: int) -> Dict[s
         _sync(device)
         times.append(time.perf_counter() - start)
 
-    value = loss_fn(*args)
-    held = graph_saved_bytes(value, exclude=resident)
-    value.backward()
-    args[0].grad = None
-    del value
+    held = None
+    if walk_graph:
+        value = loss_fn(*args)
+        held = graph_saved_bytes(value, exclude=resident)
+        value.backward()
+        args[0].grad = None
+        del value
 
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -113,7 +125,8 @@ def measure(loss_fn, args, resident, device, repeat: int, warmup: int) -> Dict[s
         base = _rss_peak_reset()
         step()
         peak = None if base is None else _proc_status("VmHWM") - base
-    return {"median_ms": 1e3 * statistics.median(times), "held_for_backward_mb": held / 2**20,
+    return {"median_ms": 1e3 * statistics.median(times),
+            "held_for_backward_mb": None if held is None else held / 2**20,
             "peak_mb": None if peak is None else peak / 2**20}
 
 
@@ -132,7 +145,8 @@ def run(args) -> List[Dict]:
         loss_fn = torch.compile(loss) if engine == "compile" else loss
         loss_args = _loss_inputs(kind, batch, size, device, dtype, loss)
         resident = [*loss_args, *loss.parameters(), *loss.buffers()]
-        result = measure(loss_fn, loss_args, resident, device, args.repeat, args.warmup)
+        result = measure(loss_fn, loss_args, resident, device, args.repeat, args.warmup,
+                         walk_graph=engine != "checkpoint")
         rows.append({"loss": kind, "backbone": args.backbone, "engine": engine, "batch": batch, "size": size,
                      "dtype": args.dtype, "device": device.type, **result})
     return rows
@@ -160,10 +174,14 @@ def format_table(rows: List[Dict]) -> str:
     for r in rows:
         base = eager.get(r["loss"])
         t_ratio = f"{r['median_ms'] / base['median_ms']:.2f}" if base else "-"
-        m_ratio = f"{r['held_for_backward_mb'] / base['held_for_backward_mb']:.3f}" if base and base["held_for_backward_mb"] else "-"
+        held = r["held_for_backward_mb"]
+        m_ratio = f"{held / base['held_for_backward_mb']:.3f}" if base and held is not None else "-"
+        held = "-" if held is None else f"{held:.1f}"
         peak = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
-        lines.append(f"{r['loss']:<8} {r['engine']:<11} {r['median_ms']:>10.1f} {r['held_for_backward_mb']:>9.1f} "
+        lines.append(f"{r['loss']:<8} {r['engine']:<11} {r['median_ms']:>10.1f} {held:>9} "
                      f"{peak:>9} {t_ratio:>13} {m_ratio:>13}")
+    if any(r["engine"] == "checkpoint" for r in rows):
+        lines.append("checkpoint: held memory not walked (reading its saved tensors would recompute them); see peak")
     return "\n".join(lines)
 
 

@@ -65,6 +65,7 @@ class BackboneLoss(nn.Module):
         if engine is not None and engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES} or None (lean where the backbone allows), got {engine!r}")
         self.backbone = backbone
+        backbone.min_input_size()  # probe once now, not inside a compiled forward
         self.heads = nn.ModuleList(heads)
         self.input_range = inputs.check_input_range(input_range)
         self.reduction = reduction
