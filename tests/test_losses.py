@@ -10,7 +10,7 @@ from perfloss.losses.lpips import packaged_lin_weights_path
 
 from references import alexnet_features, gram, imagenet_normalize, lpips_reference, tv_reference, vgg16_features
 
-ENGINES = ["eager", "checkpoint"]
+ENGINES = ["eager", "lean", "checkpoint"]
 
 
 def quiet(factory, *args, **kwargs):
@@ -266,3 +266,18 @@ def test_style_loss_without_target_raises():
     loss.set_target(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="style target batch"):
         loss(torch.rand(2, 3, 32, 32), torch.rand(3, 3, 32, 32))
+
+
+@pytest.mark.parametrize("net", ["alex", "squeeze"])
+def test_lpips_lean_engine_matches_eager(net):
+    eager = lpips_module(net)
+    lean = quiet(perfloss.LPIPS, net=net, weights=eager.backbone.state_dict(), reduction="none",
+                 engine="lean").double()
+    x = (images(2, 3, 48, 48, seed=28) * 2 - 1).requires_grad_(True)
+    t = images(2, 3, 48, 48, seed=29) * 2 - 1
+    ours = lean(x, t)
+    (g_lean,) = torch.autograd.grad(ours.sum(), x)
+    ref = eager(x, t)
+    (g_eager,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(g_lean, g_eager, rtol=1e-8, atol=1e-13)

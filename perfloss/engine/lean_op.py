@@ -141,15 +141,20 @@ def _backward_rule(ctx, grad_values, _grad_saved):
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         raise RuntimeError(DOUBLE_BACKWARD_ERROR)
     if grad_values is None:  # grads are not materialised: nothing flows into the values
-        return None, None, None, [None] * ctx.n_targets, None, None, None, None
+        return None, None, None, [None] * ctx.n_targets, None, None, _no_lin_grads(ctx), None
     tensors = ctx.saved_tensors
     saved, rest = list(tensors[:ctx.n_saved]), list(tensors[ctx.n_saved:])
     lins = [rest.pop(0) if present else None for present in ctx.lin_present]
     plan_key, heads_spec, weights, has_targets, tap_grad_dtype = ctx.args
     gx = lean_backward_op(plan_key, ctx.config, grad_values, saved, heads_spec, weights, lins, has_targets,
                           tap_grad_dtype)
-    # (the autograd wrapper treats the Tensor?[] argument as one leaf)
-    return None, gx, None, [None] * ctx.n_targets, None, None, None, None
+    return None, gx, None, [None] * ctx.n_targets, None, None, _no_lin_grads(ctx), None
+
+
+def _no_lin_grads(ctx):
+    # The autograd wrapper gives a list argument one gradient slot per element only when every
+    # element is a tensor (all heads LPIPS); a list holding any None is a single slot.
+    return [None] * ctx.n_lins if all(ctx.lin_present) else None
 
 
 lean_forward_op.register_autograd(_backward_rule, setup_context=_setup_context)
