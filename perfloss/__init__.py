@@ -3,7 +3,7 @@
 Losses take ``(input, target)`` like torch.nn losses, images in an explicit ``input_range``
 (default (0, 1); LPIPS (-1, 1) as the lpips package), and ``reduction`` "mean" | "sum" | "none".
 """
-from perfloss import backbones, functional
+from perfloss import backbones, engine, functional, pgn
 from perfloss.losses import LPIPS, JohnsonLoss, MultiScaleLoss, PerceptualLoss, StyleLoss, TVLoss
 from perfloss.ops.dispatch import backend_info
 
@@ -11,5 +11,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "JohnsonLoss", "LPIPS", "MultiScaleLoss", "PerceptualLoss", "StyleLoss", "TVLoss",
-    "backbones", "backend_info", "functional",
+    "backbones", "backend_info", "engine", "functional", "pgn",
 ]
