@@ -17,7 +17,10 @@ from typing import Optional, Tuple
 import torch
 
 from perfloss.ops import dispatch
-from perfloss.ops.common import check_features, check_same, empty_grad, reduce, value_dtype
+from perfloss.ops.common import (
+    check_features, check_same, empty_grad, fake_values_and_grad, laid_out_like, reduce,
+    register_fused_grad_autograd, value_dtype,
+)
 
 KINDS = ("mse", "l1", "cosine", "lpips")
 EPS = 1e-10
@@ -42,12 +45,6 @@ def distance_formula(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Opti
     if weight is not None:
         d = d * weight.to(acc).view(1, -1, 1, 1)
     return d.sum(dim=1).mean(dim=(1, 2))
-
-
-def _laid_out_like(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``t`` with the strides of ``torch.empty_like(like)``, which is what the fake kernel promises."""
-    out = torch.empty_like(like)
-    return t if t.stride() == out.stride() else out.copy_(t)
 
 
 # Implementations, in order of preference per device (see dispatch.py and backend_info()).
@@ -88,7 +85,7 @@ def _reference(f0, f1, kind, weight, compute_grad):
             lin = 1.0 if weight is None else weight.to(acc).view(1, -1, 1, 1)
             upstream = 2.0 * lin * (n0 - n1) / (h * w)
         grad = (upstream - n0 * (n0 * upstream).sum(dim=1, keepdim=True)) * inv_r0
-    return values, _laid_out_like(f0, grad.to(f0.dtype))
+    return values, laid_out_like(f0, grad.to(f0.dtype))
 
 
 @torch.library.custom_op("perfloss::feature_distance", mutates_args=())
@@ -100,29 +97,10 @@ def feature_distance_op(
 
 @feature_distance_op.register_fake
 def _(f0, f1, kind, weight, compute_grad):
-    values = f0.new_empty((f0.shape[0],), dtype=value_dtype(f0.dtype))
-    return values, (torch.empty_like(f0) if compute_grad else empty_grad(f0))
+    return fake_values_and_grad(f0, compute_grad)
 
 
-def _setup_context(ctx, inputs, output):
-    f0, f1, kind, weight, compute_grad = inputs
-    ctx.recompute = not compute_grad
-    ctx.kind = kind
-    # The fused gradient when the op computed it; otherwise (a caller that asked for values only
-    # and differentiates anyway) the inputs, to compute it in backward.
-    ctx.save_for_backward(*((f0, f1, weight) if ctx.recompute else (output[1],)))
-
-
-def _backward(ctx, grad_values, _grad_of_grad):
-    if ctx.recompute:
-        f0, f1, weight = ctx.saved_tensors
-        grad = feature_distance_op(f0, f1, ctx.kind, weight, True)[1]
-    else:
-        (grad,) = ctx.saved_tensors
-    return (grad_values.to(grad.dtype).view(-1, 1, 1, 1) * grad), None, None, None, None
-
-
-feature_distance_op.register_autograd(_backward, setup_context=_setup_context)
+register_fused_grad_autograd(feature_distance_op)
 
 
 def check_args(f0, f1, kind, weight):

@@ -10,14 +10,11 @@ from typing import Tuple
 import torch
 
 from perfloss.ops import dispatch
-from perfloss.ops.common import check_features, empty_grad, reduce, value_dtype
+from perfloss.ops.common import (
+    check_features, empty_grad, fake_values_and_grad, laid_out_like, reduce,
+    register_fused_grad_autograd, value_dtype,
+)
 from perfloss.ops.gram import gram, gram_formula
-
-
-def _laid_out_like(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``t`` with the strides of ``torch.empty_like(like)``, which is what the fake kernel promises."""
-    out = torch.empty_like(like)
-    return t if t.stride() == out.stride() else out.copy_(t)
 
 
 # Implementations, in order of preference per device (see dispatch.py and backend_info()).
@@ -46,7 +43,7 @@ def _reference(features, target_gram, compute_grad):
         return values, empty_grad(features)
     f = features.reshape(b, c, h * w).to(acc)
     grad = torch.bmm(diff + diff.transpose(1, 2), f) * (2.0 / (c * h * w))
-    return values, _laid_out_like(features, grad.reshape(features.shape).to(features.dtype))
+    return values, laid_out_like(features, grad.reshape(features.shape).to(features.dtype))
 
 
 @torch.library.custom_op("perfloss::style_loss", mutates_args=())
@@ -56,28 +53,10 @@ def style_loss_op(features: torch.Tensor, target_gram: torch.Tensor, compute_gra
 
 @style_loss_op.register_fake
 def _(features, target_gram, compute_grad):
-    values = features.new_empty((features.shape[0],), dtype=value_dtype(features.dtype))
-    return values, (torch.empty_like(features) if compute_grad else empty_grad(features))
+    return fake_values_and_grad(features, compute_grad)
 
 
-def _setup_context(ctx, inputs, output):
-    features, target_gram, compute_grad = inputs
-    ctx.recompute = not compute_grad
-    # The fused gradient when the op computed it; otherwise (a caller that asked for values only
-    # and differentiates anyway) the inputs, to compute it in backward.
-    ctx.save_for_backward(*((features, target_gram) if ctx.recompute else (output[1],)))
-
-
-def _backward(ctx, grad_values, _grad_of_grad):
-    if ctx.recompute:
-        features, target_gram = ctx.saved_tensors
-        grad = style_loss_op(features, target_gram, True)[1]
-    else:
-        (grad,) = ctx.saved_tensors
-    return grad_values.to(grad.dtype).view(-1, 1, 1, 1) * grad, None, None
-
-
-style_loss_op.register_autograd(_backward, setup_context=_setup_context)
+register_fused_grad_autograd(style_loss_op)
 
 
 def check_args(features, target_gram):

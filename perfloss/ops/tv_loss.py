@@ -8,15 +8,12 @@ from typing import Tuple
 import torch
 
 from perfloss.ops import dispatch
-from perfloss.ops.common import check_features, empty_grad, reduce, value_dtype
+from perfloss.ops.common import (
+    check_features, empty_grad, fake_values_and_grad, laid_out_like, reduce,
+    register_fused_grad_autograd, value_dtype,
+)
 
 KINDS = ("l1", "l2")
-
-
-def _laid_out_like(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """``t`` with the strides of ``torch.empty_like(like)``, which is what the fake kernel promises."""
-    out = torch.empty_like(like)
-    return t if t.stride() == out.stride() else out.copy_(t)
 
 
 # Implementations, in order of preference per device (see dispatch.py and backend_info()).
@@ -53,7 +50,7 @@ def _reference(x, kind, compute_grad):
     grad[:, :, :-1, :] -= gh
     grad[:, :, :, 1:] += gw
     grad[:, :, :, :-1] -= gw
-    return values, _laid_out_like(x, grad.to(x.dtype))
+    return values, laid_out_like(x, grad.to(x.dtype))
 
 
 @torch.library.custom_op("perfloss::tv_loss", mutates_args=())
@@ -63,29 +60,10 @@ def tv_loss_op(x: torch.Tensor, kind: str, compute_grad: bool) -> Tuple[torch.Te
 
 @tv_loss_op.register_fake
 def _(x, kind, compute_grad):
-    values = x.new_empty((x.shape[0],), dtype=value_dtype(x.dtype))
-    return values, (torch.empty_like(x) if compute_grad else empty_grad(x))
+    return fake_values_and_grad(x, compute_grad)
 
 
-def _setup_context(ctx, inputs, output):
-    x, kind, compute_grad = inputs
-    ctx.recompute = not compute_grad
-    ctx.kind = kind
-    # The fused gradient when the op computed it; otherwise (a caller that asked for values only
-    # and differentiates anyway) the input, to compute it in backward.
-    ctx.save_for_backward(x if ctx.recompute else output[1])
-
-
-def _backward(ctx, grad_values, _grad_of_grad):
-    if ctx.recompute:
-        (x,) = ctx.saved_tensors
-        grad = tv_loss_op(x, ctx.kind, True)[1]
-    else:
-        (grad,) = ctx.saved_tensors
-    return grad_values.to(grad.dtype).view(-1, 1, 1, 1) * grad, None, None
-
-
-tv_loss_op.register_autograd(_backward, setup_context=_setup_context)
+register_fused_grad_autograd(tv_loss_op)
 
 
 def tv_loss(x, kind="l1", reduction="mean"):
