@@ -4,7 +4,12 @@ small autoencoder generators for the same number of steps on (a) the PGN's gradi
 ProxyTargetLoss, (b) the true teacher gradient, (c) plain pixel L1 (a reference point), and record
 their teacher loss on held-out images.
 
-    nice -n 10 python benchmarks/pgn_cpu.py --minutes 10
+    nice -n 10 python benchmarks/pgn_cpu.py --minutes 10 --batch-size 4 --gen-steps 200 --eval-every 25 \
+        --threads 1 --grad-scale auto
+
+(``--grad-scale auto`` calibrates s from the teacher on the first batch; without it the paper's fixed
+s = 0.025, which is about 9x too small for this random-weight 64x64 teacher: see
+benchmarks/results/pgn_cpu_NOTE.md.)
 
 Writes benchmarks/results/pgn_cpu_{pgn_curve.csv, generators.csv, summary.json, curves.png, grid.png}.
 The plot: left panel, held-out cosine (y from -1 to 1) against training minutes (blue: fixed held-out
@@ -139,11 +144,16 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--arch", default="resnet4")
     ap.add_argument("--head", default="sigmoid")
-    ap.add_argument("--grad-scale", type=float, default=None, help="s (default: the arch's, 0.025 for ResNets)")
+    ap.add_argument("--grad-scale", default=None,
+                    help="s: a number, 'auto' (calibrated from the teacher on the first batch), or unset (the "
+                         "paper's fixed 0.025 for ResNets)")
+    ap.add_argument("--grad-loss", default="mse", choices=("mse", "relative"),
+                    help="PGN gradient loss: 'mse' (paper, --grad-coef 2^26) or 'relative' (MSE / mean g_true^2)")
     ap.add_argument("--teacher", default="vgg19", help="'vgg19' (the paper's, random weights) or BACKBONE:TAPS")
     ap.add_argument("--teacher-engine", default="eager", choices=("eager", "lean"),
                     help="teacher engine (default eager: on CPU it was the faster one here)")
-    ap.add_argument("--grad-coef", type=float, default=2.0 ** 26)
+    ap.add_argument("--grad-coef", type=float, default=None, help="default: 2^26 (mse) or 1 (relative)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="PGN Adam learning rate (paper: 1e-3)")
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--gen-steps", type=int, default=None, help="generator steps (default: as many as PGN steps, max 300)")
     ap.add_argument("--gen-depth", type=int, default=1)
@@ -161,9 +171,12 @@ def main(argv=None):
 
     images = procedural_images(args.images + 16, args.size, seed=0)
     train_images, holdout = images[:args.images], images[args.images:]
-    pgn = PerceptualGradientNetwork(args.arch, head=args.head, grad_scale=args.grad_scale)
+    grad_scale = args.grad_scale if args.grad_scale in (None, "auto") else float(args.grad_scale)
+    pgn = PerceptualGradientNetwork(args.arch, head=args.head, grad_scale=grad_scale)
     trainer = PGNTrainer(pgn, teacher, train_images, holdout=holdout, batch_size=args.batch_size,
-                         grad_coef=args.grad_coef, progress=False, seed=0)
+                         grad_coef=args.grad_coef, grad_loss=args.grad_loss, lr=args.lr, progress=False, seed=0)
+    if trainer.calibration is not None:
+        print(f"[pgn] grad_scale='auto' calibrated on the first batch: {trainer.calibration}", flush=True)
     ev0 = trainer.evaluate()
     # reference point: how well the plain pixel-difference direction (the MSE gradient) already
     # aligns with the teacher's gradient on the same held-out pairs
@@ -229,7 +242,9 @@ def main(argv=None):
         "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} threads, shared machine",
         "torch": torch.__version__, "python": platform.python_version(),
         "config": vars(args), "teacher": args.teacher + " (random weights)",
-        "pgn": {"arch": args.arch, "head": args.head, "grad_scale": pgn.grad_scale, "params": sum(q.numel() for q in pgn.parameters()),
+        "pgn": {"arch": args.arch, "head": args.head, "grad_scale": pgn.grad_scale,
+                "grad_scale_mode": pgn.grad_scale_mode, "calibration": trainer.calibration,
+                "grad_loss": trainer.grad_loss, "grad_coef": trainer.grad_coef, "params": sum(q.numel() for q in pgn.parameters()),
                 "train_steps": pgn_steps, "train_seconds": round(train_seconds, 1),
                 "generator_resets": trainer.resets,
                 "initial_heldout": ev0, "heldout_cosine_of_pixel_mse_gradient": pixel_cos,

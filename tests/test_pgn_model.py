@@ -158,3 +158,34 @@ def test_proxy_target_loss_with_the_inference_copy():
     assert torch.equal(y_hat.grad, fast(y_hat.detach(), y)[1])
     with torch.no_grad():
         torch.testing.assert_close(y_hat.grad, net(y_hat.detach(), y)[1], rtol=1e-5, atol=1e-8)
+
+
+def test_grad_scale_auto_calibrates_to_the_teacher_scale(tmp_path):
+    torch.manual_seed(0)
+    net = PerceptualGradientNetwork("resnet4", grad_scale="auto")
+    assert not net.calibrated and net.config()["grad_scale"] == "auto"
+    y_hat, y = torch.rand(3, 3, 8, 8), torch.rand(3, 3, 8, 8)
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        net(y_hat, y)
+    with pytest.raises(RuntimeError, match="not calibrated"):
+        net.inference()
+    net.save(tmp_path / "auto.pt")
+    assert not PerceptualGradientNetwork.load(tmp_path / "auto.pt").calibrated
+    g_true = torch.randn(3, 3, 8, 8) * 1e-4
+    s = net.calibrate_grad_scale(y_hat, y, g_true)
+    d = (y_hat - y).double()
+    assert s == pytest.approx(float(2 * d.norm() / (3 * 8 * 8 * g_true.double().norm())), rel=1e-12)
+    assert net.calibrated and net.grad_scale == s and net.config()["grad_scale"] == s
+    # the pixel difference read as a proxy residual now has the teacher gradient's (pooled) norm
+    g_pix = 2 * (y_hat - y) / (3 * 8 * 8 * s)
+    torch.testing.assert_close(g_pix.norm(), g_true.norm(), rtol=1e-5, atol=0)
+    proxy, grad = net.eval()(y_hat, y)
+    torch.testing.assert_close(grad, 2 * (y_hat - proxy) / (3 * 8 * 8 * s), rtol=1e-5, atol=1e-9)
+    net.save(tmp_path / "cal.pt")
+    loaded = PerceptualGradientNetwork.load(tmp_path / "cal.pt")
+    assert loaded.calibrated and loaded.grad_scale == s
+    torch.testing.assert_close(net.inference()(y_hat, y)[1], grad, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="cannot calibrate"):
+        net.calibrate_grad_scale(y, y, g_true)
+    with pytest.raises(ValueError, match="grad_scale"):
+        PerceptualGradientNetwork(grad_scale="fixed")

@@ -69,6 +69,30 @@ def test_short_training_run_decreases_gradient_loss(tmp_path):
     assert loaded.checkpoint_extra["step"] == 40
 
 
+def test_trainer_calibrates_auto_grad_scale_and_relative_grad_loss():
+    images = procedural_images(12, 16, seed=2)
+    trainer = PGNTrainer(PerceptualGradientNetwork("resnet4", grad_scale="auto"), TinyTeacher(), images,
+                         batch_size=2, progress=False, n_holdout=2, generator_depths=(0, 1), grad_loss="relative")
+    cal = trainer.calibration
+    s = trainer.pgn.grad_scale
+    assert trainer.pgn.calibrated and cal["grad_scale"] == s and cal["images"] == 4 and s > 0
+    # s = 2 ||y_hat - y|| / (C H W ||g_true||) on the first batch through both generators
+    ratio = cal["pixel_diff_norm"] / cal["teacher_grad_norm"]
+    assert 0.3 < s / (2 * ratio / (3 * 16 * 16)) < 3
+    assert trainer.grad_coef == 1.0
+    # the relative gradient loss is scale-free: MSE / mean(g_true^2)
+    g = trainer.eval_g_true
+    assert float(trainer._grad_loss(torch.zeros_like(g), g)) == pytest.approx(1.0, rel=1e-5)
+    assert float(trainer._grad_loss(1e3 * g, 2e3 * g)) == pytest.approx(0.25, rel=1e-5)  # any scale
+    trainer.train(steps=2, eval_every=0)
+    assert trainer.step_count == 2 and trainer.pgn.grad_scale == s  # calibrated once
+    assert all(math.isfinite(r["grad_loss"]) for r in trainer.history)
+    fixed = PGNTrainer("resnet4", TinyTeacher(), images, batch_size=2, progress=False, n_holdout=2)
+    assert fixed.calibration is None and fixed.pgn.grad_scale == 0.025 and fixed.grad_coef == 2.0 ** 26
+    with pytest.raises(ValueError, match="grad_loss"):
+        PGNTrainer("resnet4", TinyTeacher(), images, grad_loss="l1")
+
+
 def _write_png_rgb(path, img_u8):
     h, w, _ = img_u8.shape
     raw = b"".join(b"\x00" + bytes(img_u8[r].flatten().tolist()) for r in range(h))
@@ -120,6 +144,14 @@ def test_cli_pgn_train(tmp_path, monkeypatch):
     assert (tmp_path / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     args = parser.parse_args(["pgn-train", "--procedural", "4"])
     assert args.func(args) == 2  # neither --steps nor --minutes
+    out2 = tmp_path / "pgn_auto.pt"
+    args = parser.parse_args(["pgn-train", "--procedural", "8", "--size", "16", "--steps", "1", "--batch-size", "2",
+                              "--no-progress", "--out", str(out2), "--eval-every", "0", "--grad-scale", "auto",
+                              "--grad-loss", "relative"])
+    assert args.func(args) == 0
+    assert isinstance(PerceptualGradientNetwork.load(out2).grad_scale, float)
+    args = parser.parse_args(["pgn-train", "--procedural", "4", "--steps", "1", "--grad-scale", "big"])
+    assert args.func(args) == 2
 
 
 def test_trainer_with_a_perfloss_teacher():

@@ -41,12 +41,20 @@ def run(args) -> int:
     if weights is None:
         print("pgn-train: WARNING: the teacher has random weights (--teacher-weights not given); the PGN will "
               "imitate a loss that is not perceptually meaningful")
-    pgn = PerceptualGradientNetwork(args.arch, head=args.head, grad_scale=args.grad_scale)
+    grad_scale = args.grad_scale
+    if grad_scale not in (None, "auto"):
+        try:
+            grad_scale = float(grad_scale)
+        except ValueError:
+            print(f"pgn-train: --grad-scale must be a number or 'auto', got {grad_scale!r}")
+            return 2
+    pgn = PerceptualGradientNetwork(args.arch, head=args.head, grad_scale=grad_scale)
     if args.resume:
         pgn = PerceptualGradientNetwork.load(args.resume)
     teacher = build_teacher(args.teacher, weights, pgn.input_range, args.teacher_engine)
     trainer = PGNTrainer(pgn, teacher, images, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
-                         grad_coef=args.grad_coef, perceptual_coef=args.perceptual_coef, l1_coef=args.l1_coef,
+                         grad_coef=args.grad_coef, grad_loss=args.grad_loss, perceptual_coef=args.perceptual_coef,
+                         l1_coef=args.l1_coef,
                          device=args.device, checkpoint_dir=args.checkpoint_dir,
                          checkpoint_every=args.checkpoint_every, progress=not args.no_progress, seed=args.seed)
     trainer.train(steps=args.steps, minutes=args.minutes, eval_every=args.eval_every)
@@ -85,7 +93,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     net = p.add_argument_group("network")
     net.add_argument("--arch", choices=ARCHS, default="resnet4")
     net.add_argument("--head", choices=HEADS, default="sigmoid")
-    net.add_argument("--grad-scale", type=float, default=None, help="s (default 0.025 ResNet, 0.048 UNet)")
+    net.add_argument("--grad-scale", default=None,
+                     help="s: a number, 'auto' (calibrated from the teacher on the first batch; recommended for any "
+                          "teacher but the paper's ImageNet VGG-19 at 224x224), or unset (the paper's 0.025 ResNet, "
+                          "0.048 UNet)")
     net.add_argument("--resume", help="start from this PGN checkpoint (its config wins)")
     t = p.add_argument_group("teacher")
     t.add_argument("--teacher", default="vgg19", help="'vgg19' (the paper's) or 'BACKBONE:TAP,TAP,...'")
@@ -98,7 +109,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     o.add_argument("--minutes", type=float, default=None)
     o.add_argument("--batch-size", type=int, default=8)
     o.add_argument("--lr", type=float, default=1e-3)
-    o.add_argument("--grad-coef", type=float, default=2.0 ** 26)
+    o.add_argument("--grad-loss", choices=("mse", "relative"), default="mse",
+                   help="gradient term: 'mse' (the paper's) or 'relative' (MSE / mean squared true gradient)")
+    o.add_argument("--grad-coef", type=float, default=None, help="default 2^26 for mse, 1 for relative")
     o.add_argument("--perceptual-coef", type=float, default=0.2)
     o.add_argument("--l1-coef", type=float, default=0.5)
     o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -37,6 +37,29 @@ def grad_coefficient(shape, grad_scale: float) -> float:
     return 2.0 / (c * h * w * grad_scale)
 
 
+def calibrate_grad_scale(y_hat: torch.Tensor, y: torch.Tensor, g_true: torch.Tensor) -> float:
+    """The s that matches the proxy gradient's scale to a teacher's: s = 2 ||y_hat - y|| / (C H W ||g_true||)
+    over the whole batch (pooled norms, float64).
+
+    With this s the pixel difference read as a proxy residual, 2 (y_hat - y) / (C H W s), has exactly the
+    norm of the teacher's gradient, i.e. a proxy at the target (p = y) already carries a gradient of the
+    right magnitude, and the PGN only has to learn the direction. The paper's s = 0.025 is this
+    calibration for its own teacher (an ImageNet VGG-19 at 224x224); for another teacher (random weights,
+    another distance, other image sizes) the teacher gradient's norm differs, and a fixed s forces the
+    network to reproduce y_hat almost exactly (or its gradient MSE prefers g -> 0) before any direction
+    is learnt.
+    """
+    if y_hat.shape != y.shape or g_true.shape != y.shape:
+        raise ValueError(f"y_hat, y and g_true must share one shape, got {tuple(y_hat.shape)}, {tuple(y.shape)}, "
+                         f"{tuple(g_true.shape)}")
+    c, h, w = y.shape[-3:]
+    d = torch.linalg.vector_norm((y_hat.detach() - y.detach()).double())
+    g = torch.linalg.vector_norm(g_true.detach().double())
+    if not (float(d) > 0 and float(g) > 0 and torch.isfinite(d) and torch.isfinite(g)):
+        raise ValueError("cannot calibrate grad_scale: y_hat == y or a zero/non-finite teacher gradient on this batch")
+    return float(2.0 * d / (c * h * w * g))
+
+
 def sigmoid_offsets(lo: float, span: float, channels: int = 3) -> Tuple[float, torch.Tensor]:
     """(gain, offset[c]) with p = gain * sigmoid(out) + offset[c] in the user's range."""
     if channels != len(IMAGENET_MEAN):

@@ -1,11 +1,11 @@
 """PerceptualGradientNetwork: predicts a perceptual loss's gradient from (generated, target)."""
 import os
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from .heads import HEADS, IMAGENET_MEAN, IMAGENET_STD, apply_head
+from .heads import HEADS, IMAGENET_MEAN, IMAGENET_STD, apply_head, calibrate_grad_scale
 from .networks import ARCHS, build_body
 
 CHECKPOINT_FORMAT = "perfloss.pgn"
@@ -37,13 +37,20 @@ class PerceptualGradientNetwork(nn.Module):
         arch: ``"resnet4" | "resnet6" | "resnet8" | "unet"`` (see :mod:`perfloss.pgn.networks`).
         head: ``"sigmoid"`` (default; p = 1.1 * normalize(sigmoid(out))), ``"raw"`` (p = out) or
             ``"direct"`` (the network predicts y_hat - p); see :mod:`perfloss.pgn.heads`.
-        grad_scale: s in g = 2 (y_hat - p) / (C H W s); default 0.025 for ResNets, 0.048 for the UNet.
+        grad_scale: s in g = 2 (y_hat - p) / (C H W s). ``None`` (default): the paper's fixed s, 0.025 for
+            ResNets, 0.048 for the UNet (calibrated by the paper for an ImageNet VGG-19 at 224x224); a
+            number: that s; ``"auto"``: calibrated once from the teacher by :meth:`calibrate_grad_scale`
+            (:class:`~perfloss.pgn.PGNTrainer` does it on its first batch), so that the proxy gradient's
+            scale matches the teacher's. Until calibrated, ``forward`` raises. A deviation from the paper,
+            recommended for any other teacher (weights, distance, image size): see
+            :func:`perfloss.pgn.heads.calibrate_grad_scale`. Once calibrated, s is a plain number (saved
+            as such in checkpoints and in ``config()``).
         input_range: the range of the images, ``(0, 1)`` or ``(-1, 1)`` (any lo < hi).
 
     ``forward(y_hat, y)`` returns ``(proxy, grad)``, both of y_hat's shape, in y_hat's range and dtype.
     """
 
-    def __init__(self, arch: str = "resnet4", head: str = "sigmoid", grad_scale: Optional[float] = None,
+    def __init__(self, arch: str = "resnet4", head: str = "sigmoid", grad_scale: Union[None, float, str] = None,
                  input_range: Tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         if arch not in ARCHS:
@@ -52,12 +59,16 @@ class PerceptualGradientNetwork(nn.Module):
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if grad_scale is None:
             grad_scale = DEFAULT_GRAD_SCALE[arch]
-        if not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool) or not grad_scale > 0:
-            raise ValueError(f"grad_scale must be a positive number, got {grad_scale!r}")
+        if grad_scale != "auto" and (not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool)
+                                     or not grad_scale > 0):
+            raise ValueError(f"grad_scale must be a positive number, None or 'auto', got {grad_scale!r}")
         lo, hi = (float(v) for v in input_range)
         if not hi > lo:
             raise ValueError(f"input_range must be (lo, hi) with lo < hi, got {input_range!r}")
-        self.arch, self.head, self.grad_scale = arch, head, float(grad_scale)
+        self.arch, self.head = arch, head
+        # None until calibrated when grad_scale == "auto"
+        self.grad_scale: Optional[float] = None if grad_scale == "auto" else float(grad_scale)
+        self.grad_scale_mode = "auto" if grad_scale == "auto" else "fixed"
         self.input_range = (lo, hi)
         self.body = build_body(arch)
         # x_normalised = x * in_scale + in_shift, per channel, for the 6 stacked channels.
@@ -68,8 +79,22 @@ class PerceptualGradientNetwork(nn.Module):
 
     # -- configuration and checkpoints ------------------------------------------------------------
     def config(self) -> dict:
-        return {"arch": self.arch, "head": self.head, "grad_scale": self.grad_scale,
+        return {"arch": self.arch, "head": self.head,
+                "grad_scale": "auto" if self.grad_scale is None else self.grad_scale,
                 "input_range": list(self.input_range)}
+
+    @property
+    def calibrated(self) -> bool:
+        """False only for ``grad_scale="auto"`` before :meth:`calibrate_grad_scale`."""
+        return self.grad_scale is not None
+
+    def calibrate_grad_scale(self, y_hat: torch.Tensor, y: torch.Tensor, g_true: torch.Tensor) -> float:
+        """Set s from a batch of generated images, targets and the teacher's per-sample gradients
+        (:func:`perfloss.pgn.heads.calibrate_grad_scale`); returns the new s. Works for any PGN (it
+        overrides a fixed s too); the result is stored as a plain number."""
+        check_images(y_hat, y)
+        self.grad_scale = calibrate_grad_scale(y_hat, y, g_true)
+        return self.grad_scale
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -101,6 +126,9 @@ class PerceptualGradientNetwork(nn.Module):
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor):
         check_images(y_hat, y)
+        if self.grad_scale is None:
+            raise RuntimeError("grad_scale='auto' is not calibrated yet: call pgn.calibrate_grad_scale(y_hat, y, "
+                               "g_true) first (PGNTrainer does this on its first batch)")
         out = self.body(self.normalize_input(y_hat, y))
         lo, hi = self.input_range
         return apply_head(self.head, out, y_hat, lo, hi - lo, self.grad_scale)
@@ -109,4 +137,6 @@ class PerceptualGradientNetwork(nn.Module):
                   cuda_graph: bool = False, fused_head: bool = True):
         """An eval-only copy with BatchNorm folded into the convs; see :func:`perfloss.pgn.inference.fold`."""
         from .inference import fold
+        if self.grad_scale is None:
+            raise RuntimeError("grad_scale='auto' is not calibrated yet: train or calibrate_grad_scale() first")
         return fold(self, dtype=dtype, channels_last=channels_last, cuda_graph=cuda_graph, fused_head=fused_head)

@@ -21,6 +21,7 @@ relative error ||g_pred - g_true|| / ||g_true|| and the scaled gradient MSE; and
 ``online_rel_error``: the same on the held-out images run through the CURRENT online generators (the
 distribution the PGN trains on; the teacher gradient is taken at evaluation time).
 """
+import itertools
 import math
 import os
 import time
@@ -34,6 +35,10 @@ from .data import batches_from_iterable, batches_from_pool, center_crop, image_p
 from .generators import AutoencoderGenerator
 from .model import PerceptualGradientNetwork
 from .teacher import paper_teacher, per_sample_sum, teacher_gradient
+
+
+GRAD_LOSSES = ("mse", "relative")
+DEFAULT_GRAD_COEF = {"mse": 2.0 ** 26, "relative": 1.0}
 
 
 def gradient_metrics(g_pred: torch.Tensor, g_true: torch.Tensor) -> Dict[str, float]:
@@ -59,6 +64,18 @@ class PGNTrainer:
             tensor is used as given; holdout images taken from the data are centre-cropped.
         seed: seeds torch's global RNG at construction (PGN and generator init), the batch order and
             the held-out pairs.
+        grad_loss: ``"mse"`` (default, the paper's: ``grad_coef`` (default 2^26) * MSE(g_pred, g_true)) or
+            ``"relative"``: MSE divided by the batch's mean squared true gradient, i.e. the pooled squared
+            relative error, with ``grad_coef`` default 1. The paper's 2^26 is tuned to its teacher's
+            gradient magnitude; the relative form is scale-free (a deviation from the paper).
+        grad_coef: None = the default of ``grad_loss``.
+
+    A PGN built with ``grad_scale="auto"`` is calibrated at construction on the first training batch
+    run through every online generator (``calibration`` records s and the norms; the batch is then
+    trained on as usual): s = 2 ||y_hat - y|| / (C H W ||g_true||), so that the proxy gradient's scale
+    matches this teacher's (:func:`perfloss.pgn.heads.calibrate_grad_scale`). With the paper's fixed
+    s = 0.025 and a teacher whose gradients are much smaller than the ImageNet VGG-19's at 224x224, the
+    gradient MSE is minimised by p -> y_hat (g -> 0) long before directions are learnt.
 
     ``train(steps=..., minutes=...)`` runs the loop (tqdm progress unless ``progress=False``), evaluates
     every ``eval_every`` steps (``eval_history``), and writes ``checkpoint_dir/pgn_last.pt`` every
@@ -68,12 +85,12 @@ class PGNTrainer:
 
     def __init__(self, pgn=None, teacher: Optional[Callable] = None, images=None, *, holdout=None,
                  n_holdout: int = 8, batch_size: int = 8, crop: Optional[int] = None, lr: float = 1e-3,
-                 grad_coef: float = 2.0 ** 26, perceptual_coef: float = 0.2, l1_coef: float = 0.5,
+                 grad_coef: Optional[float] = None, perceptual_coef: float = 0.2, l1_coef: float = 0.5,
                  clip_factor: float = 5.0, clip_momentum: float = 0.98, generator_depths=(0, 1, 2),
                  generator_lr: float = 1e-3, generator_width: int = 16, generator_gradient: str = "pgn",
                  plateau_patience: int = 100, plateau_tol: float = 0.01, teacher_weights=None,
                  device="cpu", checkpoint_dir=None, checkpoint_every: int = 1000, progress: bool = True,
-                 seed: int = 0):
+                 seed: int = 0, grad_loss: str = "mse"):
         if images is None:
             raise ValueError("images is required: a folder, a tensor, a list of tensors or an iterable")
         if batch_size < 1:
@@ -82,6 +99,11 @@ class PGNTrainer:
             raise ValueError(f"generator_gradient must be 'pgn' or 'true', got {generator_gradient!r}")
         if not generator_depths:
             raise ValueError("generator_depths must name at least one depth")
+        if grad_loss not in GRAD_LOSSES:
+            raise ValueError(f"grad_loss must be one of {GRAD_LOSSES}, got {grad_loss!r}")
+        if grad_coef is None:
+            grad_coef = DEFAULT_GRAD_COEF[grad_loss]
+        self.grad_loss = grad_loss
         self.device = torch.device(device)
         torch.manual_seed(seed)
         if pgn is None or isinstance(pgn, str):
@@ -132,6 +154,28 @@ class PGNTrainer:
 
         self.generators = [self._new_generator(d) for d in self.generator_depths]
         self._gen_state = [{"best": math.inf, "since": 0, "ema": None} for _ in self.generators]
+        self.calibration: Optional[dict] = None
+        if not self.pgn.calibrated:
+            self._calibrate()
+
+    # -- grad_scale="auto" ------------------------------------------------------------------------
+    def _calibrate(self) -> None:
+        """Calibrate the PGN's s on the first training batch, run through every online generator (the
+        pairs the PGN will train on), from the teacher's gradient; the batch is then trained on as usual."""
+        try:
+            y = next(self._batches)
+        except StopIteration:
+            raise ValueError("no training batch to calibrate grad_scale='auto' on") from None
+        self._batches = itertools.chain([y], self._batches)
+        y = y.to(self.device, torch.float32)
+        with torch.no_grad():
+            y_hat = torch.cat([gen(y) for gen, _ in self.generators])
+        y = y.repeat(len(self.generators), 1, 1, 1)
+        _, g_true = teacher_gradient(self.teacher, y_hat, y)
+        s = self.pgn.calibrate_grad_scale(y_hat, y, g_true)
+        self.calibration = {"grad_scale": s, "images": int(y.shape[0]),
+                            "teacher_grad_norm": float(g_true.flatten(1).norm(dim=1).mean()),
+                            "pixel_diff_norm": float((y_hat - y).flatten(1).norm(dim=1).mean())}
 
     # -- generators -------------------------------------------------------------------------------
     def _new_generator(self, depth: int):
@@ -181,7 +225,7 @@ class PGNTrainer:
         _, g_pred = self.pgn(self.eval_y_hat, self.eval_y)
         self.pgn.train(was_training)
         metrics = gradient_metrics(g_pred, self.eval_g_true)
-        metrics["grad_loss"] = float(self.grad_coef * F.mse_loss(g_pred, self.eval_g_true))
+        metrics["grad_loss"] = float(self.grad_coef * self._grad_loss(g_pred, self.eval_g_true))
         # "online": the current generators (the distribution the PGN trains on) applied to the held-out
         # images, with the teacher's gradient taken now
         y = self.eval_y
@@ -196,6 +240,16 @@ class PGNTrainer:
         online = gradient_metrics(g_pred, g_true)
         metrics["online_cosine"], metrics["online_rel_error"] = online["cosine"], online["rel_error"]
         return metrics
+
+    def _grad_loss(self, g_pred: torch.Tensor, g_true: torch.Tensor) -> torch.Tensor:
+        """``"mse"``: MSE(g_pred, g_true) (the paper's, with grad_coef 2^26); ``"relative"``: the same
+        divided by the batch's mean squared true gradient (a constant), i.e. the pooled squared relative
+        error ||g_pred - g_true||^2 / ||g_true||^2: scale-free, so grad_coef (default 1) needs no re-tuning
+        for another teacher or image size."""
+        mse = F.mse_loss(g_pred, g_true)
+        if self.grad_loss == "relative":
+            mse = mse / g_true.detach().pow(2).mean().clamp_min(torch.finfo(g_true.dtype).tiny)
+        return mse
 
     # -- one step ---------------------------------------------------------------------------------
     def _clip(self) -> float:
@@ -225,7 +279,7 @@ class PGNTrainer:
 
         self.pgn.train()
         proxy, g_pred = self.pgn(y_hat.detach(), y)
-        grad_loss = F.mse_loss(g_pred, g_true)
+        grad_loss = self._grad_loss(g_pred, g_true)
         total = self.grad_coef * grad_loss
         perc = torch.zeros(())
         if self.perceptual_coef:
