@@ -6,13 +6,7 @@ from perfloss.ops.pgn_head import pgn_head, pgn_head_op
 from perfloss.pgn import PerceptualGradientNetwork, fold
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one intra-op thread is faster, and far faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_bn(net):

@@ -8,13 +8,7 @@ from perfloss.pgn import visualize
 from perfloss.pgn.png import decode_png, encode_png, read_image, write_png
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one intra-op thread is faster, and far faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def parse_png(data):

@@ -4,13 +4,7 @@ import torch
 from perfloss.pgn.proxy import proxy_regression, proxy_target
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one intra-op thread is faster, and far faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_proxy_regression_gradient_is_step_times_grad_float64():
@@ -49,12 +43,12 @@ def test_proxy_regression_stops_gradient_into_target():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: proxy_regression(torch.zeros(2, 3), torch.zeros(2, 4)), "target must have the shape"),
-    (lambda: proxy_regression(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64)), "target must have the dtype"),
+    (lambda: proxy_regression(torch.zeros(2, 3), torch.zeros(2, 4)), "x and target must have the same shape"),
+    (lambda: proxy_regression(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.float64)), "x and target must have the same dtype"),
     (lambda: proxy_regression(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, 3)), "x must be a floating"),
     (lambda: proxy_regression([1.0], torch.zeros(1)), "x must be a torch.Tensor"),
     (lambda: proxy_regression(torch.zeros(2, 3), torch.zeros(2, 3), reduction="avg"), "reduction must be one of"),
-    (lambda: proxy_target(torch.zeros(2, 3), torch.zeros(3, 2), 1.0), "grad must have the shape"),
+    (lambda: proxy_target(torch.zeros(2, 3), torch.zeros(3, 2), 1.0), "x and grad must have the same shape"),
     (lambda: proxy_target(torch.zeros(2, 3), torch.zeros(2, 3), "big"), "step must be"),
     (lambda: proxy_target(torch.zeros(2, 3), torch.zeros(2, 3), torch.ones(3, 1)), "does not broadcast"),
 ])

@@ -15,13 +15,7 @@ from perfloss.pgn.data import procedural_images
 from perfloss.pgn.teacher import per_sample_sum
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes: one intra-op thread is faster, and far faster on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class TinyTeacher(nn.Module):

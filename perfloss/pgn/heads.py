@@ -24,8 +24,8 @@ from typing import Tuple
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD
+
 HEADS = ("sigmoid", "raw", "direct")
 SIGMOID_GAIN = 1.1
 DIRECT_SCALE = 512.0

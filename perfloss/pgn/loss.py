@@ -2,9 +2,9 @@
 import torch
 import torch.nn as nn
 
-from .model import check_images
+from perfloss.ops.common import REDUCTIONS, reduce
 
-_REDUCTIONS = ("sum", "mean", "none")
+from .model import check_images
 
 
 class _InjectGradient(torch.autograd.Function):
@@ -48,8 +48,8 @@ class ProxyTargetLoss(nn.Module):
         super().__init__()
         if not isinstance(pgn, nn.Module):
             raise TypeError(f"pgn must be a PerceptualGradientNetwork (or its inference copy), got {type(pgn).__name__}")
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.pgn = pgn.eval()  # a frozen tool here: BatchNorm uses its running statistics
         self.reduction = reduction
         self.last_proxy = None
@@ -69,8 +69,4 @@ class ProxyTargetLoss(nn.Module):
             values = (y_hat.detach() - proxy).pow(2).flatten(1).mean(1) / scale
         self.last_proxy = proxy
         per_sample = _InjectGradient.apply(y_hat, g.to(y_hat.dtype), values.to(y_hat.dtype))
-        if self.reduction == "sum":
-            return per_sample.sum()
-        if self.reduction == "mean":
-            return per_sample.mean()
-        return per_sample
+        return reduce(per_sample, self.reduction)

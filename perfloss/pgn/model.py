@@ -5,6 +5,8 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from perfloss.ops.common import check_same
+
 from .heads import HEADS, IMAGENET_MEAN, IMAGENET_STD, apply_head, calibrate_grad_scale
 from .networks import ARCHS, build_body
 
@@ -22,12 +24,7 @@ def check_images(y_hat, y, *, names=("y_hat", "y")) -> None:
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
         if t.dim() != 4 or t.shape[1] != 3:
             raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(t.shape)}")
-    if y.shape != y_hat.shape:
-        raise ValueError(f"{names[1]} must have the shape of {names[0]} {tuple(y_hat.shape)}, got {tuple(y.shape)}")
-    if y.dtype != y_hat.dtype:
-        raise TypeError(f"{names[1]} must have the dtype of {names[0]} ({y_hat.dtype}), got {y.dtype}")
-    if y.device != y_hat.device:
-        raise ValueError(f"{names[1]} must be on the device of {names[0]} ({y_hat.device}), got {y.device}")
+    check_same(names[0], y_hat, names[1], y)
 
 
 class PerceptualGradientNetwork(nn.Module):

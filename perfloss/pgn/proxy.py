@@ -14,7 +14,8 @@ from typing import Union
 
 import torch
 
-_REDUCTIONS = ("mean", "sum", "none")
+from perfloss.ops.common import REDUCTIONS, check_same, reduce
+
 
 
 def _check_tensor(name: str, t) -> None:
@@ -29,12 +30,7 @@ def _check_tensor(name: str, t) -> None:
 def _check_pair(xname: str, x, tname: str, t) -> None:
     _check_tensor(xname, x)
     _check_tensor(tname, t)
-    if t.shape != x.shape:
-        raise ValueError(f"{tname} must have the shape of {xname} {tuple(x.shape)}, got {tuple(t.shape)}")
-    if t.dtype != x.dtype:
-        raise TypeError(f"{tname} must have the dtype of {xname} ({x.dtype}), got {t.dtype}")
-    if t.device != x.device:
-        raise ValueError(f"{tname} must be on the device of {xname} ({x.device}), got {t.device}")
+    check_same(xname, x, tname, t)
 
 
 def proxy_target(x: torch.Tensor, grad: torch.Tensor, step: Union[float, torch.Tensor] = 1.0) -> torch.Tensor:
@@ -65,12 +61,7 @@ def proxy_regression(x: torch.Tensor, target: torch.Tensor, reduction: str = "me
     ``x`` is exactly ``x - target = step * g`` (up to the rounding of ``x - step * g``).
     """
     _check_pair("x", x, "target", target)
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     diff = x - target.detach()
-    per_sample = 0.5 * diff.reshape(diff.shape[0], -1).pow(2).sum(dim=1)
-    if reduction == "mean":
-        return per_sample.mean()
-    if reduction == "sum":
-        return per_sample.sum()
-    return per_sample
+    return reduce(0.5 * diff.reshape(diff.shape[0], -1).pow(2).sum(dim=1), reduction)
