@@ -8,13 +8,11 @@ Three launches, nothing kept but the gradient:
    tl.dot over channel chunks, written through the features' strides in their dtype.
 F is read through its strides (NCHW or channels_last without a copy; other layouts are made dense).
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from perfloss.kernels.gram import _dense, _interpreting, acc_type, dot_precision, gram_into, upcast
+from perfloss.kernels.gram import _dense, _interpreting, acc_type, dot_precision, gram_into
 
 
 def _grad_configs():

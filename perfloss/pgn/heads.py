@@ -24,7 +24,7 @@ from typing import Tuple
 
 import torch
 
-from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD
+from perfloss.inputs import IMAGENET_MEAN
 
 HEADS = ("sigmoid", "raw", "direct")
 SIGMOID_GAIN = 1.1
