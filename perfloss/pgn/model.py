@@ -5,9 +5,10 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
+from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD
 from perfloss.ops.common import check_same
 
-from .heads import HEADS, IMAGENET_MEAN, IMAGENET_STD, apply_head, calibrate_grad_scale
+from .heads import HEADS, apply_head, calibrate_grad_scale
 from .networks import ARCHS, build_body
 
 CHECKPOINT_FORMAT = "perfloss.pgn"
