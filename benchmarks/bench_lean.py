@@ -6,7 +6,7 @@ Losses (random-init VGG-16, target images in the batch): eager = backbone + head
 lean = perfloss.engine.lean_loss; checkpoint = torch.utils.checkpoint around the eager backbone.
 Median wall time of forward+backward over --reps runs after one warm-up, the variants interleaved
 in one run. Ops: median time of each lean packing op, C++ (perfloss._C) vs the plain-PyTorch
-reference, on a relu1_2-sized tensor.
+reference, on a relu1_2-sized tensor (relu_mask_ is the in-place form the engine uses on conv outputs).
 """
 import argparse
 import datetime
@@ -86,7 +86,7 @@ def bench_losses(size, batch, reps):
 
 def bench_ops(size, batch, reps):
     from perfloss.ops.maxpool_codes import maxpool_codes, maxpool_unroute
-    from perfloss.ops.relu_mask import relu_mask, relu_mask_backward
+    from perfloss.ops.relu_mask import relu_mask, relu_mask_, relu_mask_backward
     from perfloss.ops.sign_pack import sign_pack, sign_unpack
 
     x = torch.randn(batch, 64, size, size)
@@ -97,8 +97,10 @@ def bench_ops(size, batch, reps):
     s = torch.sign(g) * 0.01
     sc = sign_pack(s)
     gv = torch.rand(batch)
+    xi = x.clone()  # the in-place form overwrites it (with relu(x): later calls see the same signs)
     ops = {
         "relu_mask": lambda: relu_mask(x, 0.0),
+        "relu_mask_": lambda: relu_mask_(xi, 0.0),
         "relu_mask_backward": lambda: relu_mask_backward(g, mask, 0.0),
         "maxpool_codes": lambda: maxpool_codes(x, 2, 2),
         "maxpool_unroute": lambda: maxpool_unroute(gp, codes, (size, size), 2, 2),

@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 namespace perfloss {
 namespace lean {
@@ -27,6 +28,18 @@ inline int64_t packed_bytes(int64_t numel, int64_t bits) {
 }
 
 constexpr int64_t kGrain = 1 << 12;  // bytes of packed output per parallel chunk, at least
+
+// Runtime dispatch for the hand-vectorised paths: the extension is built without -march flags, so
+// AVX2 code lives in functions compiled with __attribute__((target("avx2"))) and runs only when the
+// CPU has it (PERFLOSS_NO_SIMD=1 forces the portable loops, for testing and measuring).
+inline bool use_avx2() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  static const bool ok = __builtin_cpu_supports("avx2") && !std::getenv("PERFLOSS_NO_SIMD");
+  return ok;
+#else
+  return false;
+#endif
+}
 
 }  // namespace lean
 }  // namespace perfloss

@@ -5,12 +5,104 @@
 #include "lean_common.h"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PERFLOSS_X86_SIMD 1
+#include <immintrin.h>
+#endif
 
 namespace perfloss {
 namespace lean {
 namespace {
+
+// The 2x2 / stride 2 / no padding window at output column ow of one output row, from input rows r0
+// and r1 (both in bounds, 2 * ow + 1 < W): exactly the general loop's order and rule (first maximum
+// in row-major order, a later NaN wins). Writes y[ow] and code[ow].
+template <typename scalar_t>
+inline void pool2x2_one(const scalar_t* r0, const scalar_t* r1, scalar_t* y, uint8_t* code, int64_t ow) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t v[4] = {static_cast<acc_t>(r0[2 * ow]), static_cast<acc_t>(r0[2 * ow + 1]),
+                      static_cast<acc_t>(r1[2 * ow]), static_cast<acc_t>(r1[2 * ow + 1])};
+  acc_t best = v[0];
+  uint8_t k = 0;
+  for (uint8_t j = 1; j < 4; ++j) {
+    if (v[j] > best || std::isnan(v[j])) {
+      best = v[j];
+      k = j;
+    }
+  }
+  y[ow] = static_cast<scalar_t>(best);
+  code[ow] = k;
+}
+
+#ifdef PERFLOSS_X86_SIMD
+// fp32, 8 outputs per step: deinterleave the even / odd columns of both rows, then the same ordered
+// compare-and-select as pool2x2_one (GT or NaN). Returns the first column it did not do.
+__attribute__((target("avx2"))) int64_t pool2x2_row_f32_avx2(const float* r0, const float* r1, float* y,
+                                                             uint8_t* code, int64_t ow, int64_t ow_end) {
+  const __m256 one = _mm256_set1_ps(1.f), two = _mm256_set1_ps(2.f), three = _mm256_set1_ps(3.f);
+  for (; ow + 8 <= ow_end; ow += 8) {
+    const __m256 p0 = _mm256_loadu_ps(r0 + 2 * ow), p1 = _mm256_loadu_ps(r0 + 2 * ow + 8);
+    const __m256 q0 = _mm256_loadu_ps(r1 + 2 * ow), q1 = _mm256_loadu_ps(r1 + 2 * ow + 8);
+    // lanes in order 0 1 4 5 2 3 6 7 (fixed once at the end)
+    const __m256 a = _mm256_shuffle_ps(p0, p1, 0x88), b = _mm256_shuffle_ps(p0, p1, 0xDD);
+    const __m256 c = _mm256_shuffle_ps(q0, q1, 0x88), d = _mm256_shuffle_ps(q0, q1, 0xDD);
+    __m256 best = a, k = _mm256_setzero_ps();
+    __m256 m = _mm256_or_ps(_mm256_cmp_ps(b, best, _CMP_GT_OQ), _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
+    best = _mm256_blendv_ps(best, b, m);
+    k = _mm256_blendv_ps(k, one, m);
+    m = _mm256_or_ps(_mm256_cmp_ps(c, best, _CMP_GT_OQ), _mm256_cmp_ps(c, c, _CMP_UNORD_Q));
+    best = _mm256_blendv_ps(best, c, m);
+    k = _mm256_blendv_ps(k, two, m);
+    m = _mm256_or_ps(_mm256_cmp_ps(d, best, _CMP_GT_OQ), _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
+    best = _mm256_blendv_ps(best, d, m);
+    k = _mm256_blendv_ps(k, three, m);
+    best = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(best), 0xD8));
+    const __m256i ki = _mm256_permute4x64_epi64(_mm256_cvttps_epi32(k), 0xD8);
+    _mm256_storeu_ps(y + ow, best);
+    const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(ki), _mm256_extracti128_si256(ki, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(code + ow), _mm_packus_epi16(k16, k16));
+  }
+  return ow;
+}
+
+// fp32 un-routing of one output row of 2x2 / stride 2 windows (contiguous grad row): 8 windows per
+// step, the 2-bit codes expanded to lanes, 0 + g selected into the code's position (+0 elsewhere),
+// even / odd columns interleaved into the two input rows. Returns the first column it did not do.
+__attribute__((target("avx2"))) int64_t unroute2x2_row_f32_avx2(const float* grow, const uint8_t* cp, int64_t e_row,
+                                                                float* r0, float* r1, int64_t ow, int64_t ow_end) {
+  const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
+  const __m256i three = _mm256_set1_epi32(3);
+  const __m256i k1 = _mm256_set1_epi32(1), k2 = _mm256_set1_epi32(2);
+  const __m256 zero = _mm256_setzero_ps();
+  for (; ow + 8 <= ow_end; ow += 8) {
+    const int64_t e = e_row + ow;
+    const uint8_t* q = cp + (e >> 2);
+    const int sh = static_cast<int>(e & 3) * 2;
+    // bits [2e, 2e + 16): 2 bytes when aligned, else 3 (all inside the buffer: element e + 7 exists)
+    uint32_t word = static_cast<uint32_t>(q[0]) | (static_cast<uint32_t>(q[1]) << 8);
+    if (sh) word |= static_cast<uint32_t>(q[2]) << 16;
+    word >>= sh;
+    const __m256i code = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts), three);
+    const __m256 v = _mm256_add_ps(zero, _mm256_loadu_ps(grow + ow));  // 0 + g, as zero-fill + add gives
+    const __m256 a = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_setzero_si256())));
+    const __m256 b = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, k1)));
+    const __m256 c = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, k2)));
+    const __m256 d = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, three)));
+    const __m256 ablo = _mm256_unpacklo_ps(a, b), abhi = _mm256_unpackhi_ps(a, b);
+    const __m256 cdlo = _mm256_unpacklo_ps(c, d), cdhi = _mm256_unpackhi_ps(c, d);
+    _mm256_storeu_ps(r0 + 2 * ow, _mm256_permute2f128_ps(ablo, abhi, 0x20));
+    _mm256_storeu_ps(r0 + 2 * ow + 8, _mm256_permute2f128_ps(ablo, abhi, 0x31));
+    _mm256_storeu_ps(r1 + 2 * ow, _mm256_permute2f128_ps(cdlo, cdhi, 0x20));
+    _mm256_storeu_ps(r1 + 2 * ow + 8, _mm256_permute2f128_ps(cdlo, cdhi, 0x31));
+  }
+  return ow;
+}
+#endif
 
 int64_t code_bits(int64_t k) {
   if (k <= 4) return 2;
@@ -111,6 +203,55 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_kernel(const at::Tensor& x, at:
       }
     };
     const int64_t n_bytes = packed_bytes(n_keep, bits);
+    // 2x2 / stride 2 / no padding / no dilation on a contiguous NCHW input (VGG's pools): one pass over
+    // each pair of input rows, writing the output row and its codes (a row buffer), then packing.
+    const bool fast2x2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 && g.dh == 1 &&
+                         g.dw == 1 && !cl && x.is_contiguous() && OW > 0;
+    if (fast2x2) {
+      const int64_t full_ow = W / 2;  // columns whose window lies inside the row
+      // elements [e0, e1) of the flat NCHW output; codes packed into cptr (bytes of this range owned by
+      // the caller) when cptr is not null
+      auto run = [&](int64_t e0, int64_t e1, uint8_t* cp) {
+        std::vector<uint8_t> rowcodes(OW);
+        int64_t e = e0;
+        while (e < e1) {
+          const int64_t ow0 = e % OW;
+          const int64_t row = e / OW;  // = plane * OH + oh
+          const int64_t oh = row % OH, plane = row / OH;
+          const int64_t ow1 = std::min(OW, ow0 + (e1 - e));
+          scalar_t* yrow = dst + row * OW;
+          uint8_t* crow = rowcodes.data();
+          int64_t ow = ow0;
+          if (2 * oh + 1 < H) {
+            const scalar_t* r0 = src + (plane * H + 2 * oh) * W;
+            const scalar_t* r1 = r0 + W;
+            const int64_t fend = std::min(ow1, full_ow);
+#ifdef PERFLOSS_X86_SIMD
+            if (std::is_same_v<scalar_t, float>) {  // (not a template: the casts only run for float)
+              if (use_avx2())
+                ow = pool2x2_row_f32_avx2(reinterpret_cast<const float*>(r0), reinterpret_cast<const float*>(r1),
+                                          reinterpret_cast<float*>(yrow), crow, ow, fend);
+            }
+#endif
+            for (; ow < fend; ++ow) pool2x2_one(r0, r1, yrow, crow, ow);
+          }
+          for (; ow < ow1; ++ow) crow[ow] = pool_one(plane / C, plane % C, oh, ow);  // edge windows (ceil_mode)
+          if (cp != nullptr) {
+            for (int64_t j = ow0; j < ow1; ++j) {
+              const int64_t ej = e + (j - ow0);
+              cp[ej >> 2] |= static_cast<uint8_t>(crow[j] << ((ej & 3) * 2));
+            }
+          }
+          e += ow1 - ow0;
+        }
+      };
+      at::parallel_for(0, n_bytes, std::max<int64_t>(1, kGrain / 16), [&](int64_t b0, int64_t b1) {
+        std::memset(cptr + b0, 0, b1 - b0);
+        run(b0 * 4, std::min(b1 * 4, n_keep), cptr);
+      });
+      at::parallel_for(n_keep, n_all, kGrain, [&](int64_t e0, int64_t e1) { run(e0, e1, nullptr); });
+      return;
+    }
     at::parallel_for(0, n_bytes, std::max<int64_t>(1, kGrain / 16), [&](int64_t b0, int64_t b1) {
       Cursor k = cursor_at(b0 * per);
       for (int64_t byte = b0; byte < b1; ++byte) {
@@ -149,9 +290,16 @@ at::Tensor maxpool_unroute_kernel(const at::Tensor& grad, const at::Tensor& code
   const uint8_t cmask = static_cast<uint8_t>((1u << bits) - 1u);
   const at::Tensor codes = codes_in.contiguous();
   TORCH_CHECK(codes.numel() == packed_bytes(B * C * OH * OW, bits), "maxpool_unroute_kernel: codes size mismatch");
-  at::Tensor out = at::zeros({B, C, H, W}, grad.options().memory_format(at::MemoryFormat::Contiguous));
   const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
+  // 2x2 / stride 2 / no padding / no dilation: the windows tile the input, so each covered 2x2 block is
+  // written once (0 + g at the code's position, 0 elsewhere: the same values as zero-fill + add) with
+  // no zero-fill pass; uncovered rows / columns are zeroed and ceil_mode edge windows added after.
+  const bool fast2x2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 && g.dh == 1 &&
+                       g.dw == 1;
+  at::Tensor out = fast2x2 ? at::empty({B, C, H, W}, grad.options().memory_format(at::MemoryFormat::Contiguous))
+                           : at::zeros({B, C, H, W}, grad.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "maxpool_unroute_kernel", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const uint8_t* cp = codes.const_data_ptr<uint8_t>();
@@ -160,8 +308,38 @@ at::Tensor maxpool_unroute_kernel(const at::Tensor& grad, const at::Tensor& code
         const int64_t b = p / C, c = p % C;
         scalar_t* plane = op + p * H * W;
         const scalar_t* gplane = gp + b * gs0 + c * gs1;
+        int64_t rows_fast = 0, cols_fast = 0;
+        if (fast2x2) {
+          rows_fast = std::min(OH, H / 2);
+          cols_fast = std::min(OW, W / 2);
+          for (int64_t oh = 0; oh < rows_fast; ++oh) {
+            scalar_t* r0 = plane + 2 * oh * W;
+            scalar_t* r1 = r0 + W;
+            const scalar_t* grow = gplane + oh * gs2;
+            const int64_t e_row = (p * OH + oh) * OW;
+            int64_t ow = 0;
+#ifdef PERFLOSS_X86_SIMD
+            if (std::is_same_v<scalar_t, float> && gs3 == 1 && use_avx2())  // (casts only run for float)
+              ow = unroute2x2_row_f32_avx2(reinterpret_cast<const float*>(grow), cp, e_row, reinterpret_cast<float*>(r0),
+                                           reinterpret_cast<float*>(r1), ow, cols_fast);
+#endif
+            for (; ow < cols_fast; ++ow) {
+              const int64_t e = e_row + ow;
+              const unsigned code = (cp[e >> 2] >> ((e & 3) * 2)) & 3u;
+              const scalar_t v = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(grow[ow * gs3]));
+              const scalar_t z = scalar_t(0);
+              r0[2 * ow] = code == 0 ? v : z;
+              r0[2 * ow + 1] = code == 1 ? v : z;
+              r1[2 * ow] = code == 2 ? v : z;
+              r1[2 * ow + 1] = code == 3 ? v : z;
+            }
+            for (int64_t iw = 2 * cols_fast; iw < W; ++iw) r0[iw] = r1[iw] = scalar_t(0);
+          }
+          for (int64_t ih = 2 * rows_fast; ih < H; ++ih)
+            for (int64_t iw = 0; iw < W; ++iw) plane[ih * W + iw] = scalar_t(0);
+        }
         for (int64_t oh = 0; oh < OH; ++oh) {
-          for (int64_t ow = 0; ow < OW; ++ow) {
+          for (int64_t ow = (oh < rows_fast ? cols_fast : 0); ow < OW; ++ow) {
             const int64_t e = (p * OH + oh) * OW + ow;
             const int64_t code = (cp[e / per] >> ((e % per) * bits)) & cmask;
             const int64_t ih = oh * g.sh - g.ph + (code / g.kw) * g.dh;

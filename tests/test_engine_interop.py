@@ -28,6 +28,23 @@ def test_autocast_bfloat16_cpu():
     assert rel_err(g1, g2) < 2e-2  # both in bf16, rounding in different places
 
 
+def test_autocast_lean_then_eager_on_the_same_leaf():
+    """The lean pass must not leave an autocast-cached cast of x without grad_fn behind (prepared
+    targets: x itself enters the plan)."""
+    from perfloss.engine import target_features
+
+    net = frozen(Toy())
+    plan = compile_plan(net)
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    t = torch.randn(2, 3, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v = lean_loss(plan, x, HEADS, targets=target_features(plan, t, HEADS))
+        ve = eager_values(net, HEADS, x, target_x=t)
+    (g1,) = torch.autograd.grad(v.sum(), x)
+    (g2,) = torch.autograd.grad(ve.sum(), x)
+    assert rel_err(g1, g2) < 2e-2
+
+
 def test_channels_last():
     net = frozen(Toy())
     net_cl = frozen(Toy()).to(memory_format=torch.channels_last)

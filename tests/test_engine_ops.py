@@ -164,3 +164,86 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.perfloss.relu_mask_backward, (torch.randn_like(x), m, 0.1))
     torch.library.opcheck(torch.ops.perfloss.maxpool_codes, (x, [2, 2], [2, 2], [0, 0], [1, 1], False, 2))
     torch.library.opcheck(torch.ops.perfloss.sign_pack, (torch.sign(x),))
+
+
+def _specials(x):
+    """Zeros, signed zeros, NaN and infinities sprinkled over x (in place), to exercise every select."""
+    flat = x.view(-1) if x.is_contiguous() else x.permute(0, 2, 3, 1).reshape(-1)
+    for start, step, v in [(0, 5, 0.0), (1, 7, -0.0), (2, 11, float("nan")), (3, 13, float("-inf")),
+                           (4, 17, float("inf"))]:
+        flat[start::step] = v
+    return x
+
+
+def _same_bits(a, b):
+    it = {torch.float32: torch.int32, torch.float64: torch.int64, torch.bfloat16: torch.int16}[a.dtype]
+    return a.shape == b.shape and torch.equal(a.contiguous().view(it), b.contiguous().view(it))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 17, 19), (3, 8, 16, 16), (1, 1, 1, 37)])  # vector bodies and tails
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_relu_mask_fast_paths_and_in_place_match_reference(monkeypatch, shape, slope, channels_last, dtype):
+    """The default implementation (hand-vectorised fp32 C++ where built) and the in-place form give
+    the reference's bits exactly, for every keep, on sizes that hit the vector loops and their tails."""
+    from perfloss.ops.relu_mask import relu_mask_
+
+    torch.manual_seed(0)
+    x = torch.randn(shape).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    _specials(x)
+    g = torch.randn(x.shape).to(dtype)
+    if channels_last:
+        g = g.contiguous(memory_format=torch.channels_last)
+    for keep in range(shape[0] + 1):
+        monkeypatch.setenv("PERFLOSS_IMPL", "reference")
+        y_ref, m_ref = relu_mask(x, slope, keep)
+        gi_ref = relu_mask_backward(g, m_ref, slope) if keep == shape[0] else None
+        monkeypatch.delenv("PERFLOSS_IMPL")
+        y, m = relu_mask(x, slope, keep)
+        assert torch.equal(m, m_ref)
+        assert torch.equal(y.isnan(), y_ref.isnan()) and torch.equal(y.nan_to_num(), y_ref.nan_to_num())
+        xi = x.clone()
+        m_in = relu_mask_(xi, slope, keep)
+        assert torch.equal(m_in, m) and _same_bits(xi, y)  # in place: the out-of-place result, bit for bit
+        if gi_ref is not None:
+            assert torch.equal(relu_mask_backward(g, m, slope), gi_ref)
+
+
+@pytest.mark.parametrize("hw", [(16, 40), (7, 9), (9, 35), (2, 2), (3, 17)])
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ties", [False, True])
+def test_maxpool_2x2_fast_path_matches_eager(monkeypatch, hw, ceil_mode, dtype, ties):
+    """VGG's 2x2 / stride 2 pool (specialised, vectorised for fp32): values, codes (vs the reference,
+    NaN and ties included) and the un-routing (vs autograd) exact, with odd sizes and ceil_mode."""
+    torch.manual_seed(0)
+    b, c = 3, 5
+    x = torch.randn(b, c, *hw, dtype=dtype)
+    if ties:
+        x = torch.randint(-2, 2, x.shape).to(dtype)
+    x.view(-1)[3::29] = float("nan")
+    x.view(-1)[5::31] = float("-inf")
+    for keep in (0, 1, b):
+        y, codes = maxpool_codes(x, 2, 2, 0, 1, ceil_mode, keep=keep)
+        ref = F.max_pool2d(x, 2, 2, 0, 1, ceil_mode)
+        assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.nan_to_num(), ref.nan_to_num())
+        monkeypatch.setenv("PERFLOSS_IMPL", "reference")
+        _, codes_ref = maxpool_codes(x, 2, 2, 0, 1, ceil_mode, keep=keep)
+        monkeypatch.delenv("PERFLOSS_IMPL")
+        assert torch.equal(codes, codes_ref)
+    xf = x.nan_to_num(0.5, 2.0, -2.0).detach().requires_grad_()  # autograd's routing of NaN differs by design
+    out = F.max_pool2d(xf, 2, 2, 0, 1, ceil_mode)
+    _, codes = maxpool_codes(xf.detach(), 2, 2, 0, 1, ceil_mode)
+    g = torch.randn(out.shape, dtype=dtype)
+    g.view(-1)[::7] = -0.0
+    (expected,) = torch.autograd.grad(out, xf, g)
+    got = maxpool_unroute(g, codes, hw, 2, 2)
+    assert _same_bits(got, expected)
+
+
+def test_relu_mask_inplace_opcheck():
+    x = torch.randn(2, 3, 6, 5)
+    torch.library.opcheck(torch.ops.perfloss.relu_mask_, (x, 0.1, 1))

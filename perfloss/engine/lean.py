@@ -1,6 +1,7 @@
 """The lean forward/backward through a frozen network's :class:`~perfloss.engine.plan.Plan`.
 
-:func:`lean_loss` runs the plan once (input and, when given, target images in one batch), calls
+:func:`lean_loss` runs the plan once (input and, when given, target images in one batch; on CPU the
+target images go first in a no_grad pass of their own, see ``SPLIT_TARGET_PASS_DEVICES``), calls
 every head's fused ``values_and_grad`` at its tap, and keeps for backward only:
 
 - a 1-bit packed sign mask per ReLU/LeakyReLU (input half of the batch only),
@@ -9,6 +10,9 @@ every head's fused ``values_and_grad`` at its tap, and keeps for backward only:
   in e.g. bfloat16 -- then no longer bit-exact), or, when the only head there is an L1 head, the
   gradient's signs at 2 bits per element plus one scale,
 - for fallback steps (ops without a lean rule) what eager autograd keeps for that op.
+
+A ReLU whose input is a fresh conv / bn output used by nothing else runs in place
+(``perfloss::relu_mask_``): the activation and its mask in one pass, no second activation buffer.
 
 Backward walks the plan in reverse: conv gradient-to-input only, mask unpack fused with the
 multiply, pool un-routing from the codes, the stored tap gradients scaled by the incoming per-sample
@@ -27,7 +31,7 @@ import torch.fx
 from perfloss.engine.plan import Plan
 from perfloss.ops.bitpack import is_channels_last, memory_format_of
 from perfloss.ops.maxpool_codes import maxpool_codes, maxpool_unroute
-from perfloss.ops.relu_mask import relu_mask, relu_mask_backward
+from perfloss.ops.relu_mask import relu_mask, relu_mask_, relu_mask_backward
 from perfloss.ops.sign_pack import sign_pack, sign_unpack
 
 DOUBLE_BACKWARD_ERROR = (
@@ -58,6 +62,27 @@ def _with_batch(shape, b):
     return (b,) + tuple(shape[1:])
 
 
+def _relu_in_place(plan: Plan) -> frozenset:
+    """Indices of ReLU steps that may overwrite their input: a fresh conv / bn output (not the network
+    input, not a tap, not a view of anything) whose last user is this ReLU. Cached on the plan."""
+    cached = getattr(plan, "_relu_in_place", None)
+    if cached is None:
+        producer = {s.name: s for s in plan.steps}
+        taps = set(plan.taps.values())
+
+        def ok(i, step):
+            if step.kind != "relu" or len(step.dynamic_inputs) != 1:
+                return False
+            a = step.dynamic_inputs[0]
+            src = producer.get(a)
+            return (src is not None and src.kind in ("conv", "bn") and a != plan.input_name and a not in taps
+                    and plan.last_use.get(a) == i and len(src.node.users) == 1)  # no alias of it lives on
+
+        cached = frozenset(i for i, step in enumerate(plan.steps) if ok(i, step))
+        plan._relu_in_place = cached
+    return cached
+
+
 class _Call:
     """Everything about one lean_loss call that is not a tensor."""
 
@@ -71,6 +96,7 @@ class _Call:
             if h.tap not in plan.taps:
                 raise ValueError(f"head {i} taps {h.tap!r}, not a tap of this plan ({', '.join(plan.taps)})")
             self.heads_at.setdefault(plan.taps[h.tap], []).append(i)
+        self.relu_in_place = _relu_in_place(plan)
 
 
 class _Meta:
@@ -80,12 +106,64 @@ class _Meta:
         self.recs, self.tap_recs, self.fallbacks, self.batch, self.x_dtype = recs, tap_recs, fallbacks, batch, x_dtype
 
 
+# On CPU the target images run through the plan as a pass of their own (no_grad, nothing kept, the
+# heads' prepared targets collected at the taps) before the input's pass, instead of in one batch with
+# the input: oneDNN's CPU convolutions are measurably slower per image at the doubled batch (relu1_2's
+# 64->64 conv at 128x128: 45.7 ms for batch 4 vs 37.7 ms for two batches of 2, 1 thread), and the
+# results are those of eager PyTorch's separate no_grad target pass. GPUs keep the single batch.
+SPLIT_TARGET_PASS_DEVICES = ("cpu",)
+
+
+def _prepared_targets(call: _Call, target_x: torch.Tensor) -> List[torch.Tensor]:
+    """``head.prepare_target(features at its tap)`` per head, from one no_grad pass of ``target_x``
+    through the plan with the lean kernels (no masks or codes kept)."""
+    plan = call.plan
+    env = {plan.input_name: target_x}
+    out: List[Optional[torch.Tensor]] = [None] * len(call.heads)
+    with torch.no_grad():
+        for i, step in enumerate(plan.steps):
+            node = step.node
+            kind = step.kind
+            if kind == "relu":
+                a = env[step.dynamic_inputs[0]]
+                if i in call.relu_in_place and not a.requires_grad and (a.is_contiguous() or is_channels_last(a)):
+                    relu_mask_(a, step.params["slope"], 0)
+                    y = a
+                else:
+                    y = relu_mask(a, step.params["slope"], 0)[0]
+            elif kind == "maxpool":
+                p = step.params
+                y = maxpool_codes(env[step.dynamic_inputs[0]], p["kernel"], p["stride"], p["padding"], p["dilation"],
+                                  p["ceil_mode"], 0)[0]
+            else:
+                y = _run_node(plan.gm, node, env)
+            env[node.name] = y
+            prepared = {}
+            for hi in call.heads_at.get(node.name, []):
+                head = call.heads[hi]
+                key = head.kind == "gram"
+                if key not in prepared:
+                    prepared[key] = head.prepare_target(y)
+                out[hi] = prepared[key]
+            for a in node.all_input_nodes:
+                if plan.last_use.get(a.name) == i and a.name != plan.input_name:
+                    env.pop(a.name, None)
+            if plan.last_use.get(node.name, -1) <= i:
+                env.pop(node.name, None)
+    return out
+
+
 def _forward(call: _Call, x, target_x, targets, need_grad: bool):
     """Run the plan and the heads; returns (values (B,), saved tensors, _Meta)."""
     plan = call.plan
+    if target_x is not None and x.device.type in SPLIT_TARGET_PASS_DEVICES:
+        targets = _prepared_targets(call, target_x.detach().to(x.dtype))
+        target_x = None
     b = x.shape[0]
     keep = b if need_grad else 0
-    inp = x if target_x is None else torch.cat([x, target_x.to(x.dtype)])
+    # (detached: under autocast a leaf that requires grad gets its cast copy cached, and a copy made
+    # here, below autograd, would have no grad_fn and break an eager pass on x later in the region)
+    inp = x.detach() if target_x is None else torch.cat([x, target_x.to(x.dtype)])
     env = {plan.input_name: inp}
     saved: List[torch.Tensor] = []
     recs: Dict[str, dict] = {}
@@ -100,7 +178,11 @@ def _forward(call: _Call, x, target_x, targets, need_grad: bool):
             rec["in"] = {n: (_with_batch(env[n].shape, b), env[n].dtype) for n in step.dynamic_inputs}
         if kind == "relu":
             a = env[step.dynamic_inputs[0]]
-            y, mask = relu_mask(a, step.params["slope"], keep)
+            if i in call.relu_in_place and not a.requires_grad and (a.is_contiguous() or is_channels_last(a)):
+                mask = relu_mask_(a, step.params["slope"], keep)  # no second activation-sized buffer
+                y = a
+            else:
+                y, mask = relu_mask(a, step.params["slope"], keep)
             if need_grad:
                 rec.update(mask=len(saved), cl=is_channels_last(a))
                 saved.append(mask)

@@ -5,6 +5,8 @@
 samples at 1 bit per element (8 per uint8, memory order, see :mod:`perfloss.ops.bitpack`). The
 lean engine runs the target images in the same batch and keeps masks for the input half only.
 
+``relu_mask_(x, negative_slope, keep) -> mask`` is the in-place form (``x`` becomes ``y``).
+
 ``relu_mask_backward(grad, mask, negative_slope) -> grad_in``: ``grad`` where the bit is set,
 ``negative_slope * grad`` elsewhere (mask unpacking fused with the multiply). ``grad`` must be in
 the layout the mask was packed in (contiguous or channels_last); ``grad_in`` has that layout.
@@ -45,8 +47,19 @@ def _reference_backward(grad, mask, negative_slope):
     return from_memory_flat(out, grad.shape, is_channels_last(grad))
 
 
+@dispatch.register("relu_mask_", "reference", ("cpu", "cuda"))
+def _reference_inplace(x, negative_slope, keep):
+    y, mask = _reference(x, negative_slope, keep)
+    x.copy_(y)
+    return mask
+
+
 def _cpp_forward(x, negative_slope, keep):
     return dispatch.native_op("relu_mask_kernel")(x, negative_slope, keep)
+
+
+def _cpp_inplace(x, negative_slope, keep):
+    return dispatch.native_op("relu_mask_inplace_kernel")(x, negative_slope, keep)
 
 
 def _cpp_backward(grad, mask, negative_slope):
@@ -58,6 +71,12 @@ def _triton_forward(x, negative_slope, keep):
     return relu_mask_forward(x, negative_slope, keep)
 
 
+def _triton_inplace(x, negative_slope, keep):
+    y, mask = _triton_forward(x, negative_slope, keep)
+    x.copy_(y)
+    return mask
+
+
 def _triton_backward(grad, mask, negative_slope):
     from perfloss.kernels.relu_mask import relu_mask_backward
     return relu_mask_backward(grad, mask, negative_slope)
@@ -67,9 +86,12 @@ def _register_fast_paths():
     if dispatch.triton_available():
         dispatch.register("relu_mask", "triton", ("cuda", "cpu"))(_triton_forward)
         dispatch.register("relu_mask_backward", "triton", ("cuda", "cpu"))(_triton_backward)
+        dispatch.register("relu_mask_", "triton", ("cuda", "cpu"))(_triton_inplace)
     if dispatch.native_op("relu_mask_kernel") is not None:
         dispatch.register("relu_mask", "cpp", ("cpu",))(_cpp_forward)
         dispatch.register("relu_mask_backward", "cpp", ("cpu",))(_cpp_backward)
+    if dispatch.native_op("relu_mask_inplace_kernel") is not None:
+        dispatch.register("relu_mask_", "cpp", ("cpu",))(_cpp_inplace)
 
 
 def _prefer(op, first):
@@ -81,6 +103,7 @@ def _prefer(op, first):
 _register_fast_paths()
 _prefer("relu_mask", ("triton", "cpp"))
 _prefer("relu_mask_backward", ("triton", "cpp"))
+_prefer("relu_mask_", ("triton", "cpp"))
 
 
 @torch.library.custom_op("perfloss::relu_mask", mutates_args=())
@@ -92,6 +115,16 @@ def relu_mask_op(x: torch.Tensor, negative_slope: float, keep: int) -> Tuple[tor
 def _(x, negative_slope, keep):
     y = torch.empty_like(x)
     return y, x.new_empty((packed_bytes(keep * per_sample(x), 1),), dtype=torch.uint8)
+
+
+@torch.library.custom_op("perfloss::relu_mask_", mutates_args=("x",))
+def relu_mask_inplace_op(x: torch.Tensor, negative_slope: float, keep: int) -> torch.Tensor:
+    return dispatch.call("relu_mask_", x, negative_slope, keep)
+
+
+@relu_mask_inplace_op.register_fake
+def _(x, negative_slope, keep):
+    return x.new_empty((packed_bytes(keep * per_sample(x), 1),), dtype=torch.uint8)
 
 
 @torch.library.custom_op("perfloss::relu_mask_backward", mutates_args=())
@@ -110,6 +143,19 @@ def relu_mask(x: torch.Tensor, negative_slope: float = 0.0, keep: int = -1):
     if not 0 <= keep <= x.shape[0]:
         raise ValueError(f"keep must be in [0, {x.shape[0]}], got {keep}")
     return relu_mask_op(x, float(negative_slope), int(keep))
+
+
+def relu_mask_(x: torch.Tensor, negative_slope: float = 0.0, keep: int = -1) -> torch.Tensor:
+    """In place: ``x`` becomes activation(x); returns the packed mask of the original ``x > 0`` for the
+    first ``keep`` samples (all when keep < 0). ``x`` must be contiguous or channels_last and not
+    needed afterwards (the lean engine uses it on conv outputs that the ReLU is the last user of:
+    no second activation-sized buffer is allocated or written)."""
+    keep = x.shape[0] if keep < 0 else keep
+    if not 0 <= keep <= x.shape[0]:
+        raise ValueError(f"keep must be in [0, {x.shape[0]}], got {keep}")
+    if not (x.is_contiguous() or is_channels_last(x)):
+        raise ValueError("relu_mask_: x must be contiguous or channels_last")
+    return relu_mask_inplace_op(x, float(negative_slope), int(keep))
 
 
 def relu_mask_backward(grad: torch.Tensor, mask: torch.Tensor, negative_slope: float = 0.0) -> torch.Tensor:
