@@ -130,6 +130,14 @@ def measure(loss_fn, args, resident, device, repeat: int, warmup: int, walk_grap
             "peak_mb": None if peak is None else peak / 2**20}
 
 
+def under_autocast(fn, device_type: str, dtype: torch.dtype):
+    """``fn`` called under torch.autocast (the mixed-precision training setting)."""
+    def call(*args):
+        with torch.autocast(device_type, dtype=dtype):
+            return fn(*args)
+    return call
+
+
 def run(args) -> List[Dict]:
     from tqdm import tqdm
 
@@ -143,12 +151,14 @@ def run(args) -> List[Dict]:
     for kind, engine in tqdm(jobs, desc="perfloss bench", unit="run"):
         loss = build_loss(kind, args.backbone, layers, engine).to(device, dtype)
         loss_fn = torch.compile(loss) if engine == "compile" else loss
+        if args.autocast:
+            loss_fn = under_autocast(loss_fn, device.type, DTYPES[args.autocast])
         loss_args = _loss_inputs(kind, batch, size, device, dtype, loss)
         resident = [*loss_args, *loss.parameters(), *loss.buffers()]
         result = measure(loss_fn, loss_args, resident, device, args.repeat, args.warmup,
                          walk_graph=engine != "checkpoint")
         rows.append({"loss": kind, "backbone": args.backbone, "engine": engine, "batch": batch, "size": size,
-                     "dtype": args.dtype, "device": device.type, **result})
+                     "dtype": args.dtype, "autocast": args.autocast or "", "device": device.type, **result})
     return rows
 
 
@@ -194,7 +204,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--layers", help="comma-separated taps (default: the loss's own)")
     p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on GPU)")
     p.add_argument("--batch", type=int, help="batch size (default 4 on CPU, 16 on GPU)")
-    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the loss network and images")
+    p.add_argument("--autocast", choices=("bfloat16", "float16"), help="run each step under torch.autocast")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)

@@ -26,3 +26,12 @@ def test_bench_writes_table_json_and_csv(tmp_path, capsys):
         assert 0 < held[(loss, "lean")] < held[(loss, "eager")]
     with open(csv_path) as f:
         assert len(list(csv.DictReader(f))) == len(rows)
+
+
+def test_bench_under_autocast(tmp_path):
+    json_path = tmp_path / "bench.json"
+    assert main(["bench", "--loss", "l1", "--engine", "eager", "lean", "--size", "16", "--batch", "1",
+                 "--repeat", "1", "--warmup", "0", "--autocast", "bfloat16", "--json", str(json_path)]) == 0
+    rows = json.loads(json_path.read_text())["results"]
+    assert [r["autocast"] for r in rows] == ["bfloat16", "bfloat16"]
+    assert rows[1]["held_for_backward_mb"] < rows[0]["held_for_backward_mb"]
