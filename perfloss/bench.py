@@ -200,7 +200,7 @@ def add_parser(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--loss", nargs="+", choices=LOSSES, default=["content", "style"])
     p.add_argument("--engine", nargs="+", choices=ENGINES, default=["eager", "lean", "checkpoint", "compile"])
-    p.add_argument("--backbone", default="vgg16")
+    p.add_argument("--backbone", default="vgg16", help="loss network (lpips always uses its vgg network)")
     p.add_argument("--layers", help="comma-separated taps (default: the loss's own)")
     p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on GPU)")
     p.add_argument("--batch", type=int, help="batch size (default 4 on CPU, 16 on GPU)")

@@ -110,8 +110,8 @@ class BackboneLoss(nn.Module):
         grad_to_target = torch.is_grad_enabled() and (
             (target_x is not None and target_x.requires_grad) or any(t.requires_grad for t in targets or ()))
         if self.engine == "lean" and grad_to_input and not grad_to_target:
-            return lean_engine.lean_loss(self.backbone_plan(), x, list(self.heads), targets=targets,
-                                           target_x=target_x, tap_grad_dtype=self.tap_grad_dtype)
+            return lean_engine.lean_loss(lean_engine.plan_for(self.backbone), x, list(self.heads), targets=targets,
+                                         target_x=target_x, tap_grad_dtype=self.tap_grad_dtype)
         if targets is None and grad_to_input and not grad_to_target:
             # The target's activations must not join the input's graph: run it alone under no_grad.
             targets = self.target_representations(target_x)
@@ -126,9 +126,6 @@ class BackboneLoss(nn.Module):
         else:
             features = self.backbone(x)
         return sum(head.values(features[head.tap], t) for head, t in zip(self.heads, targets))
-
-    def backbone_plan(self):
-        return lean_engine.plan_for(self.backbone)
 
     def reduce(self, values: torch.Tensor) -> torch.Tensor:
         return reduce(values, self.reduction)
