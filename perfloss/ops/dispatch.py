@@ -1,9 +1,10 @@
 """Which implementation of a perfloss op runs on which device.
 
-Every op module registers its implementations here in order of preference per device type. The
-first available one runs, unless the environment variable PERFLOSS_IMPL names another
+Every op module registers its implementations here, per device type. The most preferred available
+one runs (see PREFERENCE), unless the environment variable PERFLOSS_IMPL names another
 implementation that the op has and that can run there (tests and benchmarks use this to compare
-implementations of one op). Implementations:
+implementations of one op). An op that should not use a native kernel simply does not register it.
+Implementations:
 
 - ``reference``: plain PyTorch, every op has it, runs anywhere;
 - ``cpp``: the C++ extension ``perfloss._C`` (CPU kernels in csrc/);
@@ -20,7 +21,11 @@ import torch
 
 IMPLEMENTATIONS = ("reference", "cpp", "cuda", "triton")
 
-# op name -> device type -> ordered [(implementation, function)]
+# Per device type, implementations in order of preference: a native kernel over the plain-PyTorch
+# reference; Triton on CPU is the interpreter, for tests only (and runs only when forced).
+PREFERENCE = {"cpu": ("cpp", "reference", "triton"), "cuda": ("cuda", "triton", "reference")}
+
+# op name -> device type -> [(implementation, function)], most preferred first
 _REGISTRY: Dict[str, Dict[str, List[Tuple[str, Callable]]]] = {}
 
 
@@ -55,17 +60,16 @@ def triton_interpreting() -> bool:
 
 
 def register(op: str, impl: str, devices: Tuple[str, ...]):
-    """Decorator: register ``fn`` as implementation ``impl`` of ``op`` on ``devices``.
-
-    Registration order is preference order (register the faster implementation first).
-    """
+    """Decorator: register ``fn`` as implementation ``impl`` of ``op`` on ``devices``."""
     if impl not in IMPLEMENTATIONS:
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
 
     def decorator(fn: Callable) -> Callable:
         per_device = _REGISTRY.setdefault(op, {})
         for device in devices:
-            per_device.setdefault(device, []).append((impl, fn))
+            entries = per_device.setdefault(device, [])
+            entries.append((impl, fn))
+            entries.sort(key=lambda entry: PREFERENCE[device].index(entry[0]))
         return fn
 
     return decorator

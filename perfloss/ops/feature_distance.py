@@ -47,7 +47,7 @@ def distance_formula(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Opti
     return d.sum(dim=1).mean(dim=(1, 2))
 
 
-# Implementations, in order of preference per device (see dispatch.py and backend_info()).
+# Implementations (dispatch.PREFERENCE picks among them; backend_info() shows which runs).
 _native = dispatch.native_op("feature_distance_kernel")
 if _native is not None:
 

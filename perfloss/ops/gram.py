@@ -17,7 +17,7 @@ def gram_formula(features: torch.Tensor, normalize: bool) -> torch.Tensor:
     return g / (c * h * w) if normalize else g
 
 
-# Implementations, in order of preference per device (see dispatch.py and backend_info()).
+# Implementations (dispatch.PREFERENCE picks among them; backend_info() shows which runs).
 _native = dispatch.native_op("gram_kernel")
 if _native is not None:
 

@@ -94,9 +94,6 @@ def _register_fast_paths():
     for impl, devices, fwd, bwd in order:
         dispatch.register("maxpool_codes", impl, devices)(fwd)
         dispatch.register("maxpool_unroute", impl, devices)(bwd)
-    for op in ("maxpool_codes", "maxpool_unroute"):
-        for entries in dispatch._REGISTRY.get(op, {}).values():
-            entries.sort(key=lambda e: 0 if e[0] != "reference" else 1)
 
 
 _register_fast_paths()

@@ -94,16 +94,7 @@ def _register_fast_paths():
         dispatch.register("relu_mask_", "cpp", ("cpu",))(_cpp_inplace)
 
 
-def _prefer(op, first):
-    """Move implementations named ``first`` ahead of the reference (registration order = preference)."""
-    for device, entries in dispatch._REGISTRY.get(op, {}).items():
-        entries.sort(key=lambda e: 0 if e[0] in first else 1)
-
-
 _register_fast_paths()
-_prefer("relu_mask", ("triton", "cpp"))
-_prefer("relu_mask_backward", ("triton", "cpp"))
-_prefer("relu_mask_", ("triton", "cpp"))
 
 
 @torch.library.custom_op("perfloss::relu_mask", mutates_args=())

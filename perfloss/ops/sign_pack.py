@@ -58,9 +58,6 @@ def _register_fast_paths():
     if dispatch.native_op("sign_pack_kernel") is not None:
         dispatch.register("sign_pack", "cpp", ("cpu",))(_cpp_pack)
         dispatch.register("sign_unpack", "cpp", ("cpu",))(_cpp_unpack)
-    for op in ("sign_pack", "sign_unpack"):
-        for entries in dispatch._REGISTRY.get(op, {}).values():
-            entries.sort(key=lambda e: 0 if e[0] != "reference" else 1)
 
 
 _register_fast_paths()

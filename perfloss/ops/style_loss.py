@@ -17,7 +17,7 @@ from perfloss.ops.common import (
 from perfloss.ops.gram import gram, gram_formula
 
 
-# Implementations, in order of preference per device (see dispatch.py and backend_info()).
+# Implementations (dispatch.PREFERENCE picks among them; backend_info() shows which runs).
 _native = dispatch.native_op("style_loss_kernel")
 if _native is not None:
 

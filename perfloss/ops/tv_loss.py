@@ -16,7 +16,7 @@ from perfloss.ops.common import (
 KINDS = ("l1", "l2")
 
 
-# Implementations, in order of preference per device (see dispatch.py and backend_info()).
+# Implementations (dispatch.PREFERENCE picks among them; backend_info() shows which runs).
 _native = dispatch.native_op("tv_loss_kernel")
 if _native is not None:
 
