@@ -20,17 +20,11 @@ from . import dispatch
 OP = "pgn_head"
 
 
-def _kernel_module():
-    try:
-        from perfloss.kernels import pgn_head as module
-    except ImportError:  # running from a source checkout: kernels/ is a top-level package there
-        from kernels import pgn_head as module
-    return module
-
-
 @dispatch.register(OP, "triton", ("cuda", "cpu"))
 def _pgn_head_triton(out, y_hat, offset, gain, coef):
-    return _kernel_module().pgn_head(out, y_hat, offset, gain, coef)
+    from perfloss.kernels.pgn_head import pgn_head as kernel
+
+    return kernel(out, y_hat, offset, gain, coef)
 
 
 @dispatch.register(OP, "reference", ("cpu", "cuda"))

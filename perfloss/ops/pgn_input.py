@@ -15,17 +15,11 @@ OP = "pgn_input"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
 
-def _kernel_module():
-    try:
-        from perfloss.kernels import pgn_input as module
-    except ImportError:  # running from a source checkout: kernels/ is a top-level package there
-        from kernels import pgn_input as module
-    return module
-
-
 @dispatch.register(OP, "triton", ("cuda", "cpu"))
 def _pgn_input_triton(y_hat, y, scale, shift, out_dtype):
-    return _kernel_module().pgn_input(y_hat, y, scale, shift, out_dtype)
+    from perfloss.kernels.pgn_input import pgn_input as kernel
+
+    return kernel(y_hat, y, scale, shift, out_dtype)
 
 
 @dispatch.register(OP, "reference", ("cpu", "cuda"))
