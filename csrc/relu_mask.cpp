@@ -8,11 +8,6 @@
 #include <cstring>
 #include <type_traits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define PERFLOSS_X86_SIMD 1
-#include <immintrin.h>
-#endif
-
 namespace perfloss {
 namespace lean {
 namespace {
