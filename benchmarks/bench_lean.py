@@ -1,12 +1,11 @@
-"""CPU time: lean vs eager forward+backward of perceptual losses, and the packing ops C++ vs reference.
+"""CPU time: lean vs eager (and checkpoint) forward+backward of perceptual losses.
 
     nice python benchmarks/bench_lean.py [--size 128] [--batch 2] [--reps 7] [--out benchmarks/results/lean_time_cpu]
 
 Losses (random-init VGG-16, target images in the batch): eager = backbone + heads through autograd;
 lean = perfloss.engine.lean_loss; checkpoint = torch.utils.checkpoint around the eager backbone.
 Median wall time of forward+backward over --reps runs after one warm-up, the variants interleaved
-in one run. Ops: median time of each lean packing op, C++ (perfloss._C) vs the plain-PyTorch
-reference, on a relu1_2-sized tensor (relu_mask_ is the in-place form the engine uses on conv outputs).
+in one run. The lean engine's ops alone, per implementation: benchmarks/bench_ops.py.
 """
 import argparse
 import datetime
@@ -24,7 +23,6 @@ from torch.utils.checkpoint import checkpoint
 from perfloss.backbones import get_backbone
 from perfloss.engine import lean_loss, plan_for
 from perfloss.heads import TapHead
-from perfloss.ops import dispatch
 
 LOSSES = [
     ("VGG-16 relu2_2 MSE", [("relu2_2", "mse")]),
@@ -84,47 +82,6 @@ def bench_losses(size, batch, reps):
     return rows
 
 
-def bench_ops(size, batch, reps):
-    from perfloss.ops.maxpool_codes import maxpool_codes, maxpool_unroute
-    from perfloss.ops.relu_mask import relu_mask, relu_mask_, relu_mask_backward
-    from perfloss.ops.sign_pack import sign_pack, sign_unpack
-
-    x = torch.randn(batch, 64, size, size)
-    g = torch.randn_like(x)
-    _, mask = relu_mask(x, 0.0)
-    _, codes = maxpool_codes(x, 2, 2)
-    gp = torch.randn(batch, 64, size // 2, size // 2)
-    s = torch.sign(g) * 0.01
-    sc = sign_pack(s)
-    gv = torch.rand(batch)
-    xi = x.clone()  # the in-place form overwrites it (with relu(x): later calls see the same signs)
-    ops = {
-        "relu_mask": lambda: relu_mask(x, 0.0),
-        "relu_mask_": lambda: relu_mask_(xi, 0.0),
-        "relu_mask_backward": lambda: relu_mask_backward(g, mask, 0.0),
-        "maxpool_codes": lambda: maxpool_codes(x, 2, 2),
-        "maxpool_unroute": lambda: maxpool_unroute(gp, codes, (size, size), 2, 2),
-        "sign_pack": lambda: sign_pack(s),
-        "sign_unpack": lambda: sign_unpack(sc, torch.tensor(0.01), gv, s.shape),
-        "eager relu (reference point)": lambda: torch.relu(x),
-        "eager max_pool2d with indices (reference point)": lambda: torch.nn.functional.max_pool2d(x, 2, 2, return_indices=True),
-    }
-    rows = []
-    for name, fn in ops.items():
-        row = dict(op=name)
-        impls = [i for i, _ in dispatch._REGISTRY.get(name, {}).get("cpu", []) if i in ("cpp", "reference")] or ["-"]
-        for impl in impls:
-            if impl != "-":
-                os.environ["PERFLOSS_IMPL"] = impl
-            row[f"{impl}_ms"] = 1e3 * statistics.median(_time(fn, reps))
-        os.environ.pop("PERFLOSS_IMPL", None)
-        if "cpp_ms" in row:
-            row["reference_over_cpp"] = row["reference_ms"] / row["cpp_ms"]
-        rows.append(row)
-        print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{v:<48}" for k, v in row.items()), flush=True)
-    return rows
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=128)
@@ -132,11 +89,9 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=7)
     ap.add_argument("--out", default="benchmarks/results/lean_time_cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    ap.add_argument("--skip-ops", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ops = [] if args.skip_ops else bench_ops(args.size, args.batch, args.reps)
     losses = bench_losses(args.size, args.batch, args.reps)
     meta = dict(device=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
                 torch=torch.__version__, python=sys.version.split()[0], size=args.size, batch=args.batch,
@@ -144,7 +99,7 @@ def main(argv=None):
                 command="python benchmarks/bench_lean.py " + " ".join(argv if argv is not None else sys.argv[1:]))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".json", "w") as f:
-        json.dump(dict(meta=meta, losses=losses, ops=ops), f, indent=2)
+        json.dump(dict(meta=meta, losses=losses), f, indent=2)
     with open(args.out + ".md", "w") as f:
         f.write(f"# CPU time, forward+backward, batch {args.batch}, {args.size}x{args.size} fp32, "
                 f"{meta['threads']} threads (median of {args.reps})\n\n`{meta['command']}`, torch {meta['torch']}, "
@@ -152,10 +107,6 @@ def main(argv=None):
         for r in losses:
             f.write(f"| {r['loss']} | {r['eager_ms']:.1f} | {r['lean_ms']:.1f} | {r['lean_over_eager']:.2f} | "
                     f"{r['checkpoint_ms']:.1f} |\n")
-        f.write("\n| op | C++ ms | reference ms | reference/C++ |\n|---|---|---|---|\n")
-        for r in ops:
-            f.write(f"| {r['op']} | {r.get('cpp_ms', float('nan')):.2f} | {r.get('reference_ms', r.get('-_ms')):.2f} | "
-                    f"{r.get('reference_over_cpp', float('nan')):.2f} |\n")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ For each configuration the loss is built once per engine on a batch of ``--batch
 target image batch, and the autograd graph is walked from the loss (perfloss.engine.memory:
 unique storages of saved tensors and of tensors held on custom Function contexts; the frozen
 weights and the input image are excluded, they are resident anyway). Eager is also measured with
-saved-tensor hooks. The lean figure is compared with the analytic masks + pool codes + tap
-gradients figure. Weights are random (seeded): memory does not depend on them.
+saved-tensor hooks. The lean figure is compared with the expected masks + pool codes + tap
+gradients (lean_expected_bytes: the lean input pass run on meta tensors). Weights are random
+(seeded): memory does not depend on them.
 """
 import argparse
 import datetime

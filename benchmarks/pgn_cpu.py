@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from perfloss.pgn import AutoencoderGenerator, PerceptualGradientNetwork, PGNTrainer, ProxyTargetLoss, visualize  # noqa: E402
+from perfloss.pgn import (AutoencoderGenerator, PerceptualGradientNetwork, PGNTrainer, ProxyTargetLoss,  # noqa: E402
+                          fold, visualize)
 from perfloss.pgn.data import procedural_images  # noqa: E402
 from perfloss.pgn.png import write_png  # noqa: E402
 from perfloss.pgn.teacher import per_sample_sum, teacher_gradient  # noqa: E402
@@ -143,7 +144,7 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=512, help="procedural training images")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--arch", default="resnet4")
-    ap.add_argument("--head", default="sigmoid")
+    ap.add_argument("--output", default="sigmoid", help="the PGN's output parameterisation")
     ap.add_argument("--grad-scale", default=None,
                     help="s: a number, 'auto' (calibrated from the teacher on the first batch), or unset (the "
                          "paper's fixed 0.025 for ResNets)")
@@ -172,7 +173,7 @@ def main(argv=None):
     images = procedural_images(args.images + 16, args.size, seed=0)
     train_images, holdout = images[:args.images], images[args.images:]
     grad_scale = args.grad_scale if args.grad_scale in (None, "auto") else float(args.grad_scale)
-    pgn = PerceptualGradientNetwork(args.arch, head=args.head, grad_scale=grad_scale)
+    pgn = PerceptualGradientNetwork(args.arch, output=args.output, grad_scale=grad_scale)
     trainer = PGNTrainer(pgn, teacher, train_images, holdout=holdout, batch_size=args.batch_size,
                          grad_coef=args.grad_coef, grad_loss=args.grad_loss, lr=args.lr, progress=False, seed=0)
     if trainer.calibration is not None:
@@ -204,7 +205,7 @@ def main(argv=None):
     # generators: same init, same data order, same number of steps
     gen_steps = args.gen_steps or min(pgn_steps, 300)
     log_every = max(1, gen_steps // 20)
-    pgn_loss = ProxyTargetLoss(pgn.inference(), reduction="sum")
+    pgn_loss = ProxyTargetLoss(fold(pgn), reduction="sum")
     gen_curves = {}
     eval_images = holdout[:8]
     for kind in ("pgn", "true", "pixel_l1"):
@@ -242,7 +243,7 @@ def main(argv=None):
         "device": f"CPU ({platform.processor() or platform.machine()}), {args.threads} threads, shared machine",
         "torch": torch.__version__, "python": platform.python_version(),
         "config": vars(args), "teacher": args.teacher + " (random weights)",
-        "pgn": {"arch": args.arch, "head": args.head, "grad_scale": pgn.grad_scale,
+        "pgn": {"arch": args.arch, "output": args.output, "grad_scale": pgn.grad_scale,
                 "grad_scale_mode": pgn.grad_scale_mode, "calibration": trainer.calibration,
                 "grad_loss": trainer.grad_loss, "grad_coef": trainer.grad_coef, "params": sum(q.numel() for q in pgn.parameters()),
                 "train_steps": pgn_steps, "train_seconds": round(train_seconds, 1),

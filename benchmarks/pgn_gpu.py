@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from perfloss.pgn import AutoencoderGenerator, PerceptualGradientNetwork, ProxyTargetLoss  # noqa: E402
+from perfloss.pgn import AutoencoderGenerator, PerceptualGradientNetwork, ProxyTargetLoss, fold  # noqa: E402
 from perfloss.pgn.teacher import paper_teacher, per_sample_sum  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -51,7 +51,7 @@ def build(variant, arch, device):
             return TeacherLoss(paper_teacher(engine=variant[len("teacher_"):]).to(device))
     pgn = PerceptualGradientNetwork(arch).to(device).eval()
     opts = {"pgn": {}, "pgn_bf16": {"dtype": torch.bfloat16}, "pgn_graph": {"cuda_graph": True}}[variant]
-    return ProxyTargetLoss(pgn.inference(**opts))
+    return ProxyTargetLoss(fold(pgn, **opts))
 
 
 def measure(variant, loss_fn, args, device):

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from perfloss.pgn import PerceptualGradientNetwork  # noqa: E402
+from perfloss.pgn import PerceptualGradientNetwork, fold  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -58,9 +58,9 @@ def main(argv=None):
     rows = []
     for arch in args.archs.split(","):
         net = PerceptualGradientNetwork(arch).to(device).eval()
-        variants = {"module_eval": net, "folded_fp32": net.inference(), "folded_bf16": net.inference(dtype=torch.bfloat16)}
+        variants = {"module_eval": net, "folded_fp32": fold(net), "folded_bf16": fold(net, dtype=torch.bfloat16)}
         if cuda:
-            variants["folded_fp32_graph"] = net.inference(cuda_graph=True)
+            variants["folded_fp32_graph"] = fold(net, cuda_graph=True)
         with torch.no_grad():
             for name, fn in variants.items():
                 ms = bench(fn, (y_hat, y), args.iters, args.warmup, cuda)

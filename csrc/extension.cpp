@@ -1,6 +1,6 @@
 // The Python module perfloss._C. It holds no Python functions: importing it runs the static
-// TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL registrations of every csrc/ file, after which the
-// kernels are reachable as torch.ops.perfloss.<name>_kernel.
+// TORCH_LIBRARY_IMPL(perfloss, CPU, m) registrations of every csrc/ file, which attach the C++
+// kernels to the ops perfloss/ops defines (see perfloss/ops/library.py).
 #include <Python.h>
 
 extern "C" PyObject* PyInit__C(void) {

@@ -1,10 +1,10 @@
-// perfloss::feature_distance_kernel — CPU kernel for per-sample feature distances and d/d f0.
+// perfloss::feature_distance — CPU kernel for per-sample feature distances and d/d f0.
 //
 // One pass over f0 and f1: mse/l1 stream each sample's C*H*W elements (the same order in NCHW and
 // NHWC, since f0, f1 and the gradient share one layout); cosine/lpips work on blocks of pixels whose
 // channel columns stay in cache between the norm pass and the value/gradient passes. fp32 (float64
 // for float64) accumulation; per-task partial sums are added per sample in a fixed order.
-#include "heads_common.h"
+#include "loss_common.h"
 
 #include <cmath>
 #include <string>
@@ -12,7 +12,6 @@
 namespace perfloss {
 namespace {
 
-using heads::ceil_div;
 
 constexpr double kEps = 1e-10;
 enum Kind { kMse = 0, kL1 = 1, kCosine = 2, kLpips = 3 };
@@ -60,7 +59,7 @@ void run_elementwise(const scalar_t* a, const scalar_t* b, scalar_t* g, int64_t 
       partials[t] = elementwise_chunk<scalar_t, acc_t, KIND, GRAD>(a + off, b + off, GRAD ? g + off : nullptr, n, gscale);
     }
   });
-  heads::reduce_partials(partials, B, chunks, 1.0 / static_cast<double>(L), values);
+  loss::reduce_partials(partials, B, chunks, 1.0 / static_cast<double>(L), values);
 }
 
 // ---- cosine / lpips: per-pixel channel reductions -----------------------------------------
@@ -152,7 +151,7 @@ void run_normalized_nchw(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
       partials[task] = part;
     }
   });
-  heads::reduce_partials(partials, B, blocks, 1.0 / static_cast<double>(P), values);
+  loss::reduce_partials(partials, B, blocks, 1.0 / static_cast<double>(P), values);
 }
 
 // NHWC: each pixel's channel vector is contiguous; the channel loops are the vectorised ones.
@@ -222,7 +221,7 @@ void run_normalized_nhwc(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
       partials[task] = part;
     }
   });
-  heads::reduce_partials(partials, B, blocks, 1.0 / static_cast<double>(P), values);
+  loss::reduce_partials(partials, B, blocks, 1.0 / static_cast<double>(P), values);
 }
 
 template <typename scalar_t, int KIND, bool GRAD>
@@ -250,8 +249,8 @@ std::tuple<at::Tensor, at::Tensor> feature_distance_cpu(const at::Tensor& f0, co
                                                         c10::string_view kind_view,
                                                         const std::optional<at::Tensor>& weight,
                                                         bool compute_grad) {
-  heads::check_features(f0, "f0");
-  heads::check_features(f1, "f1");
+  loss::check_features(f0, "f0");
+  loss::check_features(f1, "f1");
   TORCH_CHECK(f0.sizes() == f1.sizes(), "f0 and f1 must have the same shape, got ", f0.sizes(), " and ", f1.sizes());
   TORCH_CHECK(f0.scalar_type() == f1.scalar_type(), "f0 and f1 must have the same dtype");
   const int kind = parse_kind(std::string(kind_view));
@@ -262,12 +261,12 @@ std::tuple<at::Tensor, at::Tensor> feature_distance_cpu(const at::Tensor& f0, co
     TORCH_CHECK(weight->numel() == C, "weight must have one entry per channel (", C, "), got ", weight->sizes());
     w64 = weight->detach().to(at::kDouble).contiguous();
   }
-  const bool cl = heads::work_channels_last(f0);
-  const at::Tensor a = f0.contiguous(heads::fmt_of(cl));
-  const at::Tensor b = f1.contiguous(heads::fmt_of(cl));
-  at::Tensor values = at::empty({B}, f0.options().dtype(heads::value_type(f0.scalar_type())));
-  heads::GradOut grad;
-  if (compute_grad) grad = heads::make_grad(f0, cl);
+  const bool cl = work_channels_last(f0);
+  const at::Tensor a = f0.contiguous(memory_format_of(cl));
+  const at::Tensor b = f1.contiguous(memory_format_of(cl));
+  at::Tensor values = at::empty({B}, f0.options().dtype(acc_type(f0.scalar_type())));
+  loss::GradOut grad;
+  if (compute_grad) grad = loss::make_grad(f0, cl);
   const double* w = w64.defined() ? w64.data_ptr<double>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "feature_distance_cpu", [&] {
     const scalar_t* ap = a.data_ptr<scalar_t>();
@@ -281,16 +280,12 @@ std::tuple<at::Tensor, at::Tensor> feature_distance_cpu(const at::Tensor& f0, co
     }
   });
   if (!compute_grad) return {values, f0.new_empty({0})};
-  return {values, heads::finish_grad(grad)};
+  return {values, loss::finish_grad(grad)};
 }
 
 }  // namespace
 }  // namespace perfloss
 
-TORCH_LIBRARY_FRAGMENT(perfloss, m) {
-  m.def("feature_distance_kernel(Tensor f0, Tensor f1, str kind, Tensor? weight, bool compute_grad) -> (Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(perfloss, CPU, m) {
-  m.impl("feature_distance_kernel", &perfloss::feature_distance_cpu);
+  m.impl("feature_distance", &perfloss::feature_distance_cpu);
 }

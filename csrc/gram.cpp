@@ -1,23 +1,23 @@
-// perfloss::gram_kernel — CPU Gram matrices G = F F^T (/ (C H W) when normalised).
+// perfloss::gram — CPU Gram matrices G = F F^T (/ (C H W) when normalised).
 //
-// Split-K over H*W, upper-triangle tiles only, mirrored at the end (heads_common.h); fp32 (float64
+// Split-K over H*W, upper-triangle tiles only, mirrored at the end (loss_common.h); fp32 (float64
 // for float64) accumulation from any float input in NCHW or NHWC without a converted copy.
-#include "heads_common.h"
+#include "loss_common.h"
 
 namespace perfloss {
 namespace {
 
 at::Tensor gram_cpu(const at::Tensor& features, bool normalize) {
-  heads::check_features(features, "features");
+  loss::check_features(features, "features");
   const int64_t B = features.size(0), C = features.size(1), N = features.size(2) * features.size(3);
-  const bool cl = heads::work_channels_last(features);
-  const at::Tensor x = features.contiguous(heads::fmt_of(cl));
+  const bool cl = work_channels_last(features);
+  const at::Tensor x = features.contiguous(memory_format_of(cl));
   at::Tensor out = at::empty({B, C, C}, features.options());
-  const int64_t Cp = heads::gram_padded_channels(C);
+  const int64_t Cp = loss::gram_padded_channels(C);
   const double scale = normalize ? 1.0 / static_cast<double>(C * N) : 1.0;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gram_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    std::vector<acc_t> G = heads::gram_full<scalar_t, acc_t>(x.data_ptr<scalar_t>(), cl, B, C, N);
+    std::vector<acc_t> G = loss::gram_full<scalar_t, acc_t>(x.data_ptr<scalar_t>(), cl, B, C, N);
     scalar_t* o = out.data_ptr<scalar_t>();
     const acc_t sc = static_cast<acc_t>(scale);
     for (int64_t b = 0; b < B; ++b)
@@ -30,10 +30,6 @@ at::Tensor gram_cpu(const at::Tensor& features, bool normalize) {
 }  // namespace
 }  // namespace perfloss
 
-TORCH_LIBRARY_FRAGMENT(perfloss, m) {
-  m.def("gram_kernel(Tensor features, bool normalize) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(perfloss, CPU, m) {
-  m.impl("gram_kernel", &perfloss::gram_cpu);
+  m.impl("gram", &perfloss::gram_cpu);
 }

@@ -1,4 +1,4 @@
-// perfloss::maxpool_codes_kernel / maxpool_unroute_kernel: max pooling keeping each window's argmax as
+// perfloss::maxpool_codes / maxpool_unroute, CPU kernels: max pooling keeping each window's argmax as
 // a packed 2/4/8-bit code (NCHW order of the output), and the backward routing from those codes.
 // Ties / NaN resolve as in ATen's CPU max_pool2d (first maximum in row-major window order, NaN wins).
 // See perfloss/ops/maxpool_codes.py for the contract; the reference there is the specification.
@@ -124,18 +124,18 @@ Geometry geometry(at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::I
   return {k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1]};
 }
 
-std::tuple<at::Tensor, at::Tensor> maxpool_codes_kernel(const at::Tensor& x, at::IntArrayRef kernel,
+std::tuple<at::Tensor, at::Tensor> maxpool_codes_cpu(const at::Tensor& x, at::IntArrayRef kernel,
                                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                                         at::IntArrayRef dilation, bool ceil_mode, int64_t keep) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, "maxpool_codes_kernel: x must be a 4-D CPU tensor");
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, "maxpool_codes: x must be a 4-D CPU tensor");
   const Geometry g = geometry(kernel, stride, padding, dilation);
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  TORCH_CHECK(keep >= 0 && keep <= B, "maxpool_codes_kernel: keep out of range");
+  TORCH_CHECK(keep >= 0 && keep <= B, "maxpool_codes: keep out of range");
   const int64_t OH = out_size(H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
   const int64_t OW = out_size(W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
   const int64_t bits = code_bits(g.kh * g.kw);
   const int64_t per = 8 / bits;
-  const bool cl = is_channels_last(x);
+  const bool cl = work_channels_last(x);
   at::Tensor y = at::empty({B, C, OH, OW}, x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
                                                                           : at::MemoryFormat::Contiguous));
   const int64_t n_keep = keep * C * OH * OW;
@@ -143,7 +143,7 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_kernel(const at::Tensor& x, at:
   at::Tensor codes = at::empty({packed_bytes(n_keep, bits)}, x.options().dtype(at::kByte));
   const int64_t xs0 = x.stride(0), xs1 = x.stride(1), xs2 = x.stride(2), xs3 = x.stride(3);
   const int64_t ys0 = y.stride(0), ys1 = y.stride(1), ys2 = y.stride(2), ys3 = y.stride(3);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "maxpool_codes_kernel", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "maxpool_codes_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = y.mutable_data_ptr<scalar_t>();
@@ -271,12 +271,12 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_kernel(const at::Tensor& x, at:
   return {y, codes};
 }
 
-at::Tensor maxpool_unroute_kernel(const at::Tensor& grad, const at::Tensor& codes_in, at::IntArrayRef input_hw,
+at::Tensor maxpool_unroute_cpu(const at::Tensor& grad, const at::Tensor& codes_in, at::IntArrayRef input_hw,
                                   at::IntArrayRef kernel, at::IntArrayRef stride, at::IntArrayRef padding,
                                   at::IntArrayRef dilation) {
-  TORCH_CHECK(grad.device().is_cpu() && grad.dim() == 4, "maxpool_unroute_kernel: grad must be a 4-D CPU tensor");
-  TORCH_CHECK(codes_in.scalar_type() == at::kByte, "maxpool_unroute_kernel: codes must be uint8");
-  TORCH_CHECK(input_hw.size() == 2, "maxpool_unroute_kernel: input_hw must have 2 entries");
+  TORCH_CHECK(grad.device().is_cpu() && grad.dim() == 4, "maxpool_unroute: grad must be a 4-D CPU tensor");
+  TORCH_CHECK(codes_in.scalar_type() == at::kByte, "maxpool_unroute: codes must be uint8");
+  TORCH_CHECK(input_hw.size() == 2, "maxpool_unroute: input_hw must have 2 entries");
   const Geometry g = geometry(kernel, stride, padding, dilation);
   const int64_t B = grad.size(0), C = grad.size(1), OH = grad.size(2), OW = grad.size(3);
   const int64_t H = input_hw[0], W = input_hw[1];
@@ -284,7 +284,7 @@ at::Tensor maxpool_unroute_kernel(const at::Tensor& grad, const at::Tensor& code
   const int64_t per = 8 / bits;
   const uint8_t cmask = static_cast<uint8_t>((1u << bits) - 1u);
   const at::Tensor codes = codes_in.contiguous();
-  TORCH_CHECK(codes.numel() == packed_bytes(B * C * OH * OW, bits), "maxpool_unroute_kernel: codes size mismatch");
+  TORCH_CHECK(codes.numel() == packed_bytes(B * C * OH * OW, bits), "maxpool_unroute: codes size mismatch");
   const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
   // 2x2 / stride 2 / no padding / no dilation: the windows tile the input, so each covered 2x2 block is
   // written once (0 + g at the code's position, 0 elsewhere: the same values as zero-fill + add) with
@@ -293,7 +293,7 @@ at::Tensor maxpool_unroute_kernel(const at::Tensor& grad, const at::Tensor& code
                        g.dw == 1;
   at::Tensor out = fast2x2 ? at::empty({B, C, H, W}, grad.options().memory_format(at::MemoryFormat::Contiguous))
                            : at::zeros({B, C, H, W}, grad.options().memory_format(at::MemoryFormat::Contiguous));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "maxpool_unroute_kernel", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "maxpool_unroute_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
@@ -350,16 +350,9 @@ at::Tensor maxpool_unroute_kernel(const at::Tensor& grad, const at::Tensor& code
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(perfloss, m) {
-  m.def("maxpool_codes_kernel(Tensor x, int[] kernel, int[] stride, int[] padding, int[] dilation, bool ceil_mode, "
-        "int keep) -> (Tensor, Tensor)");
-  m.def("maxpool_unroute_kernel(Tensor grad, Tensor codes, int[] input_hw, int[] kernel, int[] stride, "
-        "int[] padding, int[] dilation) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(perfloss, CPU, m) {
-  m.impl("maxpool_codes_kernel", &maxpool_codes_kernel);
-  m.impl("maxpool_unroute_kernel", &maxpool_unroute_kernel);
+  m.impl("maxpool_codes", &maxpool_codes_cpu);
+  m.impl("maxpool_unroute", &maxpool_unroute_cpu);
 }
 
 }  // namespace lean

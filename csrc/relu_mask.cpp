@@ -1,4 +1,4 @@
-// perfloss::relu_mask_kernel / relu_mask_backward_kernel: ReLU / LeakyReLU fused with a 1-bit packed
+// perfloss::relu_mask / relu_mask_ / relu_mask_backward, CPU kernels: ReLU / LeakyReLU fused with a 1-bit packed
 // sign mask (8 elements per byte, memory order) and the mask-unpack fused with the backward multiply.
 // See perfloss/ops/relu_mask.py for the contract; the reference there is the specification.
 #include "lean_common.h"
@@ -72,7 +72,7 @@ void relu_mask_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
                     int64_t n_keep) {
   const int64_t n = x.numel();
   const int64_t n_bytes = (n + 7) / 8;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "relu_mask_kernel", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "relu_mask_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* src = x.const_data_ptr<scalar_t>();
     scalar_t* dst = y.mutable_data_ptr<scalar_t>();
@@ -133,11 +133,11 @@ int64_t kept_elements(const at::Tensor& x, int64_t keep, const char* name) {
   return keep * per_sample;
 }
 
-std::tuple<at::Tensor, at::Tensor> relu_mask_kernel(const at::Tensor& x_in, double negative_slope, int64_t keep) {
-  TORCH_CHECK(x_in.device().is_cpu(), "relu_mask_kernel: x must be a CPU tensor");
-  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "relu_mask_kernel: x must be floating point");
+std::tuple<at::Tensor, at::Tensor> relu_mask_cpu(const at::Tensor& x_in, double negative_slope, int64_t keep) {
+  TORCH_CHECK(x_in.device().is_cpu(), "relu_mask: x must be a CPU tensor");
+  TORCH_CHECK(at::isFloatingType(x_in.scalar_type()), "relu_mask: x must be floating point");
   const at::Tensor x = dense(x_in);
-  const int64_t n_keep = kept_elements(x, keep, "relu_mask_kernel");
+  const int64_t n_keep = kept_elements(x, keep, "relu_mask");
   at::Tensor y = at::empty_like(x);
   at::Tensor mask = at::empty({packed_bytes(n_keep, 1)}, x.options().dtype(at::kByte));
   relu_mask_impl(x, y, mask, negative_slope, n_keep);
@@ -145,11 +145,11 @@ std::tuple<at::Tensor, at::Tensor> relu_mask_kernel(const at::Tensor& x_in, doub
 }
 
 // In place: x becomes activation(x) (x must be contiguous or channels_last); returns the mask.
-at::Tensor relu_mask_inplace_kernel(at::Tensor& x, double negative_slope, int64_t keep) {
-  TORCH_CHECK(x.device().is_cpu(), "relu_mask_inplace_kernel: x must be a CPU tensor");
-  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "relu_mask_inplace_kernel: x must be floating point");
-  TORCH_CHECK(x.is_contiguous() || is_channels_last(x), "relu_mask_inplace_kernel: x must be dense");
-  const int64_t n_keep = kept_elements(x, keep, "relu_mask_inplace_kernel");
+at::Tensor relu_mask_inplace_cpu(at::Tensor& x, double negative_slope, int64_t keep) {
+  TORCH_CHECK(x.device().is_cpu(), "relu_mask_: x must be a CPU tensor");
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "relu_mask_: x must be floating point");
+  TORCH_CHECK(x.is_contiguous() || work_channels_last(x), "relu_mask_: x must be dense");
+  const int64_t n_keep = kept_elements(x, keep, "relu_mask_");
   at::Tensor mask = at::empty({packed_bytes(n_keep, 1)}, x.options().dtype(at::kByte));
   relu_mask_impl(x, x, mask, negative_slope, n_keep);
   return mask;
@@ -211,13 +211,13 @@ void relu_mask_backward_impl(const scalar_t* g, const uint8_t* m, scalar_t* o, i
   });
 }
 
-at::Tensor relu_mask_backward_kernel(const at::Tensor& grad_in, const at::Tensor& mask, double negative_slope) {
-  TORCH_CHECK(grad_in.device().is_cpu() && mask.device().is_cpu(), "relu_mask_backward_kernel: CPU tensors expected");
-  TORCH_CHECK(mask.scalar_type() == at::kByte, "relu_mask_backward_kernel: mask must be uint8");
+at::Tensor relu_mask_backward_cpu(const at::Tensor& grad_in, const at::Tensor& mask, double negative_slope) {
+  TORCH_CHECK(grad_in.device().is_cpu() && mask.device().is_cpu(), "relu_mask_backward: CPU tensors expected");
+  TORCH_CHECK(mask.scalar_type() == at::kByte, "relu_mask_backward: mask must be uint8");
   const at::Tensor grad = dense(grad_in);
   const at::Tensor m_t = mask.contiguous();
   const int64_t n = grad.numel();
-  TORCH_CHECK(m_t.numel() == packed_bytes(n, 1), "relu_mask_backward_kernel: mask has ", m_t.numel(),
+  TORCH_CHECK(m_t.numel() == packed_bytes(n, 1), "relu_mask_backward: mask has ", m_t.numel(),
               " bytes, expected ", packed_bytes(n, 1));
   at::Tensor out = at::empty_like(grad);
   const uint8_t* m = m_t.const_data_ptr<uint8_t>();
@@ -239,23 +239,17 @@ at::Tensor relu_mask_backward_kernel(const at::Tensor& grad_in, const at::Tensor
                                                   n, negative_slope);
       break;
     default:
-      TORCH_CHECK(false, "relu_mask_backward_kernel: unsupported dtype ", grad.scalar_type());
+      TORCH_CHECK(false, "relu_mask_backward: unsupported dtype ", grad.scalar_type());
   }
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(perfloss, m) {
-  m.def("relu_mask_kernel(Tensor x, float negative_slope, int keep) -> (Tensor, Tensor)");
-  m.def("relu_mask_inplace_kernel(Tensor(a!) x, float negative_slope, int keep) -> Tensor");
-  m.def("relu_mask_backward_kernel(Tensor grad, Tensor mask, float negative_slope) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(perfloss, CPU, m) {
-  m.impl("relu_mask_kernel", &relu_mask_kernel);
-  m.impl("relu_mask_inplace_kernel", &relu_mask_inplace_kernel);
-  m.impl("relu_mask_backward_kernel", &relu_mask_backward_kernel);
+  m.impl("relu_mask", &relu_mask_cpu);
+  m.impl("relu_mask_", &relu_mask_inplace_cpu);
+  m.impl("relu_mask_backward", &relu_mask_backward_cpu);
 }
 
 }  // namespace lean

@@ -1,4 +1,4 @@
-// perfloss::sign_pack_kernel / sign_unpack_kernel: a tensor scale * sign(t) at 2 bits per element
+// perfloss::sign_pack / sign_unpack, CPU kernels: a tensor scale * sign(t) at 2 bits per element
 // (0: zero, 1: +, 2: -; 4 per byte, memory order) and its unpacking fused with the per-sample multiply.
 // See perfloss/ops/sign_pack.py for the contract; the reference there is the specification.
 #include "lean_common.h"
@@ -7,13 +7,13 @@ namespace perfloss {
 namespace lean {
 namespace {
 
-at::Tensor sign_pack_kernel(const at::Tensor& g_in) {
-  TORCH_CHECK(g_in.device().is_cpu() && at::isFloatingType(g_in.scalar_type()), "sign_pack_kernel: floating CPU tensor expected");
+at::Tensor sign_pack_cpu(const at::Tensor& g_in) {
+  TORCH_CHECK(g_in.device().is_cpu() && at::isFloatingType(g_in.scalar_type()), "sign_pack: floating CPU tensor expected");
   const at::Tensor g = dense(g_in);
   const int64_t n = g.numel();
   const int64_t n_bytes = packed_bytes(n, 2);
   at::Tensor codes = at::empty({n_bytes}, g.options().dtype(at::kByte));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "sign_pack_kernel", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, g.scalar_type(), "sign_pack_cpu", [&] {
     const scalar_t* src = g.const_data_ptr<scalar_t>();
     uint8_t* dst = codes.mutable_data_ptr<uint8_t>();
     at::parallel_for(0, n_bytes, kGrain, [&](int64_t b0, int64_t b1) {
@@ -32,20 +32,20 @@ at::Tensor sign_pack_kernel(const at::Tensor& g_in) {
   return codes;
 }
 
-at::Tensor sign_unpack_kernel(const at::Tensor& codes_in, const at::Tensor& scale, const at::Tensor& grad_values,
+at::Tensor sign_unpack_cpu(const at::Tensor& codes_in, const at::Tensor& scale, const at::Tensor& grad_values,
                               at::IntArrayRef sizes, bool channels_last) {
-  TORCH_CHECK(codes_in.scalar_type() == at::kByte, "sign_unpack_kernel: codes must be uint8");
-  TORCH_CHECK(scale.numel() == 1, "sign_unpack_kernel: scale must have one element");
-  TORCH_CHECK(!sizes.empty(), "sign_unpack_kernel: sizes must not be empty");
+  TORCH_CHECK(codes_in.scalar_type() == at::kByte, "sign_unpack: codes must be uint8");
+  TORCH_CHECK(scale.numel() == 1, "sign_unpack: scale must have one element");
+  TORCH_CHECK(!sizes.empty(), "sign_unpack: sizes must not be empty");
   const at::Tensor codes = codes_in.contiguous();
   at::Tensor out = at::empty(sizes, scale.options().memory_format(
       channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
   const int64_t n = out.numel();
   const int64_t batch = sizes[0];
-  TORCH_CHECK(grad_values.numel() == batch, "sign_unpack_kernel: grad_values must have one entry per sample");
-  TORCH_CHECK(codes.numel() == packed_bytes(n, 2), "sign_unpack_kernel: codes size mismatch");
+  TORCH_CHECK(grad_values.numel() == batch, "sign_unpack: grad_values must have one entry per sample");
+  TORCH_CHECK(codes.numel() == packed_bytes(n, 2), "sign_unpack: codes size mismatch");
   const int64_t per_sample = batch > 0 ? n / batch : 0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "sign_unpack_kernel", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, scale.scalar_type(), "sign_unpack_cpu", [&] {
     using opmath_t = at::opmath_type<scalar_t>;
     const at::Tensor gv = grad_values.to(scale.scalar_type()).contiguous();
     const scalar_t* gvp = gv.const_data_ptr<scalar_t>();
@@ -74,14 +74,9 @@ at::Tensor sign_unpack_kernel(const at::Tensor& codes_in, const at::Tensor& scal
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(perfloss, m) {
-  m.def("sign_pack_kernel(Tensor g) -> Tensor");
-  m.def("sign_unpack_kernel(Tensor codes, Tensor scale, Tensor grad_values, int[] sizes, bool channels_last) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(perfloss, CPU, m) {
-  m.impl("sign_pack_kernel", &sign_pack_kernel);
-  m.impl("sign_unpack_kernel", &sign_unpack_kernel);
+  m.impl("sign_pack", &sign_pack_cpu);
+  m.impl("sign_unpack", &sign_unpack_cpu);
 }
 
 }  // namespace lean

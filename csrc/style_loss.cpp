@@ -1,9 +1,9 @@
-// perfloss::style_loss_kernel — CPU style loss sum_ij (G - T)_ij^2 per sample and, in the same call,
+// perfloss::style_loss — CPU style loss sum_ij (G - T)_ij^2 per sample and, in the same call,
 // the gradient 2 (D + D^T) F / (C H W) with D = G - T, G = F F^T / (C H W).
 //
-// Pass 1 is the split-K Gram of heads_common.h; pass 2 re-reads F once in k-chunks and writes
+// Pass 1 is the split-K Gram of loss_common.h; pass 2 re-reads F once in k-chunks and writes
 // grad^T = P S (S = 2 (D + D^T) / (C H W), symmetric) chunk by chunk, in the features' layout.
-#include "heads_common.h"
+#include "loss_common.h"
 
 namespace perfloss {
 namespace {
@@ -11,7 +11,7 @@ namespace {
 // O (kcp x Cp) = P (kcp x Cp) S (Cp x Cp), both zero padded; only the first C columns of P matter.
 template <typename acc_t>
 PERFLOSS_HOT_CLONES void panel_times_s(const acc_t* P, int64_t kcp, int64_t C, int64_t Cp, const acc_t* S, acc_t* O) {
-  constexpr int64_t MR = heads::kGramMR, NR = heads::kGramNR;
+  constexpr int64_t MR = loss::kGramMR, NR = loss::kGramNR;
   // Column blocks outside: the S block (C x NR) stays in L1 while the k rows stream past it.
   for (int64_t i0 = 0; i0 < Cp; i0 += NR) {
     for (int64_t k0 = 0; k0 < kcp; k0 += MR) {
@@ -39,11 +39,11 @@ template <typename scalar_t>
 void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t tb, int64_t ti, int64_t tj,
                      at::Tensor& values, at::Tensor* grad, int64_t B, int64_t C, int64_t N) {
   const bool compute_grad = grad != nullptr;
-  const int64_t Cp = heads::gram_padded_channels(C);
+  const int64_t Cp = loss::gram_padded_channels(C);
   const double inv_n = 1.0 / static_cast<double>(C * N);
   using acc_t = at::opmath_type<scalar_t>;
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  std::vector<acc_t> S = heads::gram_full<scalar_t, acc_t>(xp, cl, B, C, N);
+  std::vector<acc_t> S = loss::gram_full<scalar_t, acc_t>(xp, cl, B, C, N);
   const acc_t* tp = T.data_ptr<acc_t>();
   acc_t* vp = values.data_ptr<acc_t>();
   const acc_t sc = static_cast<acc_t>(inv_n), gsc = static_cast<acc_t>(2.0 * inv_n);
@@ -67,15 +67,15 @@ void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t 
   }
   if (!compute_grad) return;
   scalar_t* gp = grad->data_ptr<scalar_t>();
-  const int64_t KC = heads::gram_chunk(Cp);
-  const int64_t chunks = heads::ceil_div(N, KC);
+  const int64_t KC = loss::gram_chunk(Cp);
+  const int64_t chunks = ceil_div(N, KC);
   at::parallel_for(0, B * chunks, 1, [&](int64_t begin, int64_t end) {
-    const int64_t kcp_max = heads::ceil_div(KC, heads::kGramMR) * heads::kGramMR;
+    const int64_t kcp_max = ceil_div(KC, loss::kGramMR) * loss::kGramMR;
     std::vector<acc_t> panel(kcp_max * Cp), out(kcp_max * Cp);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / chunks, k0 = (t % chunks) * KC, kc = std::min(KC, N - k0);
-      const int64_t kcp = heads::ceil_div(kc, heads::kGramMR) * heads::kGramMR;
-      heads::gram_pack(xp + b * C * N, cl, C, N, k0, kc, Cp, panel.data());
+      const int64_t kcp = ceil_div(kc, loss::kGramMR) * loss::kGramMR;
+      loss::gram_pack(xp + b * C * N, cl, C, N, k0, kc, Cp, panel.data());
       panel_times_s(panel.data(), kcp, C, Cp, S.data() + b * Cp * Cp, out.data());
       scalar_t* gb = gp + b * C * N;
       if (cl) {
@@ -97,33 +97,29 @@ void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t 
 
 std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features, const at::Tensor& target_gram,
                                                   bool compute_grad) {
-  heads::check_features(features, "features");
+  loss::check_features(features, "features");
   const int64_t B = features.size(0), C = features.size(1), N = features.size(2) * features.size(3);
   TORCH_CHECK(target_gram.dim() == 3 && target_gram.size(1) == C && target_gram.size(2) == C &&
                   (target_gram.size(0) == B || target_gram.size(0) == 1),
               "target_gram must be (", B, " or 1, ", C, ", ", C, "), got ", target_gram.sizes());
-  const bool cl = heads::work_channels_last(features);
-  const at::Tensor x = features.contiguous(heads::fmt_of(cl));
-  const at::ScalarType vt = heads::value_type(features.scalar_type());
+  const bool cl = work_channels_last(features);
+  const at::Tensor x = features.contiguous(memory_format_of(cl));
+  const at::ScalarType vt = acc_type(features.scalar_type());
   const at::Tensor T = target_gram.to(vt);
   const int64_t tb = T.size(0) == 1 ? 0 : T.stride(0), ti = T.stride(1), tj = T.stride(2);
   at::Tensor values = at::empty({B}, features.options().dtype(vt));
-  heads::GradOut grad;
-  if (compute_grad) grad = heads::make_grad(features, cl);
+  loss::GradOut grad;
+  if (compute_grad) grad = loss::make_grad(features, cl);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "style_loss_cpu", [&] {
     style_loss_impl<scalar_t>(x, cl, T, tb, ti, tj, values, compute_grad ? &grad.work : nullptr, B, C, N);
   });
   if (!compute_grad) return {values, features.new_empty({0})};
-  return {values, heads::finish_grad(grad)};
+  return {values, loss::finish_grad(grad)};
 }
 
 }  // namespace
 }  // namespace perfloss
 
-TORCH_LIBRARY_FRAGMENT(perfloss, m) {
-  m.def("style_loss_kernel(Tensor features, Tensor target_gram, bool compute_grad) -> (Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(perfloss, CPU, m) {
-  m.impl("style_loss_kernel", &perfloss::style_loss_cpu);
+  m.impl("style_loss", &perfloss::style_loss_cpu);
 }

@@ -1,10 +1,10 @@
-// perfloss::tv_loss_kernel — CPU kernel for per-sample total variation and its gradient.
+// perfloss::tv_loss — CPU kernel for per-sample total variation and its gradient.
 //
 // A "row" is one contiguous run of L elements sharing (b, h): (b, c, h, :) in NCHW (L = W, the
 // w-neighbour is 1 element away) or (b, h, :, :) in NHWC (L = W*C, the w-neighbour is C elements
 // away); the h-neighbour is always the next row. Each task handles whole rows; the gradient of a
 // row needs only its own row and its two h-neighbours, so every element is read from memory once.
-#include "heads_common.h"
+#include "loss_common.h"
 
 #include <cmath>
 #include <string>
@@ -93,16 +93,16 @@ void run(const scalar_t* x, scalar_t* g, int64_t B, int64_t rows_per_sample, int
 }
 
 std::tuple<at::Tensor, at::Tensor> tv_loss_cpu(const at::Tensor& x, c10::string_view kind_view, bool compute_grad) {
-  heads::check_features(x, "x");
+  loss::check_features(x, "x");
   const std::string kind(kind_view);
   TORCH_CHECK(kind == "l1" || kind == "l2", "kind must be one of ('l1', 'l2'), got '", kind, "'");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(H >= 2 && W >= 2, "x must be at least 2x2 for total variation, got ", H, "x", W);
-  const bool cl = heads::work_channels_last(x);
-  const at::Tensor xc = x.contiguous(heads::fmt_of(cl));
-  at::Tensor values = at::empty({B}, x.options().dtype(heads::value_type(x.scalar_type())));
-  heads::GradOut grad;
-  if (compute_grad) grad = heads::make_grad(x, cl);
+  const bool cl = work_channels_last(x);
+  const at::Tensor xc = x.contiguous(memory_format_of(cl));
+  at::Tensor values = at::empty({B}, x.options().dtype(acc_type(x.scalar_type())));
+  loss::GradOut grad;
+  if (compute_grad) grad = loss::make_grad(x, cl);
   const int64_t rows_per_sample = cl ? H : C * H;
   const int64_t L = cl ? W * C : W;
   const int64_t s = cl ? C : 1;
@@ -120,16 +120,12 @@ std::tuple<at::Tensor, at::Tensor> tv_loss_cpu(const at::Tensor& x, c10::string_
     }
   });
   if (!compute_grad) return {values, x.new_empty({0})};
-  return {values, heads::finish_grad(grad)};
+  return {values, loss::finish_grad(grad)};
 }
 
 }  // namespace
 }  // namespace perfloss
 
-TORCH_LIBRARY_FRAGMENT(perfloss, m) {
-  m.def("tv_loss_kernel(Tensor x, str kind, bool compute_grad) -> (Tensor, Tensor)");
-}
-
 TORCH_LIBRARY_IMPL(perfloss, CPU, m) {
-  m.impl("tv_loss_kernel", &perfloss::tv_loss_cpu);
+  m.impl("tv_loss", &perfloss::tv_loss_cpu);
 }

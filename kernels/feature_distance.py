@@ -15,28 +15,24 @@ kernel serves both. The gradient is written in that layout (and copied into a te
 Partial sums are added per sample in a fixed order (deterministic). Offsets are 64-bit and fp32
 accumulation is used for every input dtype (float64 stays float64).
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from perfloss.kernels.common import acc_dtype, interpreting, memory_format_of, triton_acc, work_channels_last
 
 KINDS = {"mse": 0, "l1": 1, "cosine": 2, "lpips": 3}
 EPS = 1e-10
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def _elementwise_configs():
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BLOCK": 4096}, num_warps=4)]
     return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in ((1024, 4), (2048, 8), (4096, 8))]
 
 
 def _normalized_configs():
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BLOCK_P": 128}, num_warps=4)]
     return [triton.Config({"BLOCK_P": p}, num_warps=w) for p, w in ((32, 4), (64, 4), (128, 8))]
 
@@ -166,30 +162,18 @@ def _normalized_kernel(a_ptr, b_ptr, g_ptr, w_ptr, part_ptr, C, P, stride_c, str
         tl.store(part_ptr + s * n_blocks + blk, part)
 
 
-def _work_channels_last(x: torch.Tensor) -> bool:
-    if x.is_contiguous():
-        return False
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return True
-    return x.dim() == 4 and x.stride(1) == 1 and x.shape[1] > 1
-
-
-def _acc(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def feature_distance(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight, compute_grad: bool):
     """(values (B,), grad like f0 or an empty placeholder) — the contract of perfloss::feature_distance."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {tuple(KINDS)}, got {kind!r}")
     B, C, H, W = f0.shape
     P = H * W
-    cl = _work_channels_last(f0)
-    fmt = torch.channels_last if cl else torch.contiguous_format
+    cl = work_channels_last(f0)
+    fmt = memory_format_of(cl)
     a = f0.contiguous(memory_format=fmt)
     b = f1.contiguous(memory_format=fmt)
-    vdtype = torch.promote_types(f0.dtype, torch.float32)
-    acc = _acc(f0.dtype)
+    vdtype = acc_dtype(f0.dtype)
+    acc = triton_acc(f0.dtype)
     grad = torch.empty_like(f0) if compute_grad else f0.new_empty((0,))
     work = grad
     if compute_grad and not grad.is_contiguous(memory_format=fmt):

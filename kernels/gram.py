@@ -13,19 +13,15 @@ fp32 inputs use TF32 tensor cores only when torch.backends.cuda.matmul.allow_tf3
 bmm follows the same flag), IEEE fp32 otherwise; fp16/bf16 use tensor cores with fp32 accumulation
 (under the interpreter they are upcast first, its bf16 dot being wrong); float64 stays float64.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+from perfloss.kernels.common import acc_dtype, dense, interpreting, triton_acc
 
 
 def _configs():
-    if _interpreting():
+    if interpreting():
         return [triton.Config({}, num_warps=4, num_stages=1)]
     return [triton.Config({}, num_warps=w, num_stages=s) for w, s in ((4, 3), (8, 3), (4, 4), (8, 2))]
 
@@ -74,26 +70,15 @@ def _gram_reduce_kernel(ws_ptr, out_ptr, B, C, scale, SPLIT: tl.constexpr, ACC: 
     tl.store(out_ptr + b * C * C + idx, (acc * scale).to(out_ptr.dtype.element_ty), mask=m)
 
 
-def _dense(x: torch.Tensor) -> torch.Tensor:
-    if x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last):
-        return x
-    fmt = torch.channels_last if (x.stride(1) == 1 and x.shape[1] > 1) else torch.contiguous_format
-    return x.contiguous(memory_format=fmt)
-
-
-def acc_type(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def dot_precision(dtype: torch.dtype) -> str:
-    if dtype == torch.float32 and not _interpreting() and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and not interpreting() and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
     return "ieee"
 
 
 def upcast(dtype: torch.dtype) -> bool:
     """Load low-precision inputs as fp32 before tl.dot (the interpreter's bf16 dot is wrong)."""
-    return dtype in (torch.float16, torch.bfloat16) and _interpreting()
+    return dtype in (torch.float16, torch.bfloat16) and interpreting()
 
 
 def _sm_count(device: torch.device) -> int:
@@ -109,11 +94,11 @@ def _plan(B: int, C: int, N: int, elt: int, device: torch.device):
     (split * B * C * C * 4 bytes, L2-resident on H100-class parts) outgrows half the features' bytes.
     """
     BM = max(16, min(triton.next_power_of_2(C), 64 if C <= 64 else 128))
-    BK = 32 if _interpreting() else 64
+    BK = 32 if interpreting() else 64
     n_t = triton.cdiv(C, BM)
     tiles = n_t * (n_t + 1) // 2
     k_blocks = triton.cdiv(N, BK)
-    if _interpreting():
+    if interpreting():
         want_split = 2  # exercise the split-K path with few programs
     else:
         want_split = max(1, triton.cdiv(4 * _sm_count(device), tiles * B))
@@ -138,20 +123,19 @@ def _upper_tiles(n_t: int, device: torch.device):
 
 def gram_into(features: torch.Tensor, out: torch.Tensor, scale: float) -> torch.Tensor:
     """Write scale * F F^T of every sample into ``out`` (B, C, C), contiguous, any float dtype."""
-    x = _dense(features)
+    x = dense(features)
     B, C, H, W = x.shape
     N = H * W
     stride_b, stride_c = x.stride(0), x.stride(1)
     stride_k = x.stride(3)  # NCHW: 1; channels_last: C (H and W merge in both dense layouts)
     BM, BK, k_iters, split = _plan(B, C, N, x.element_size(), x.device)
-    acc = acc_type(x.dtype)
-    ws = torch.empty((split, B, C, C), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
-                     device=x.device)
+    acc = triton_acc(x.dtype)
+    ws = torch.empty((split, B, C, C), dtype=acc_dtype(x.dtype), device=x.device)
     ti, tj = _upper_tiles(triton.cdiv(C, BM), x.device)
     _gram_partial_kernel[(ti.numel(), split, B)](
         x, ws, ti, tj, B, C, N, stride_b, stride_c, stride_k,
         ACC=acc, UPCAST=upcast(x.dtype), PRECISION=dot_precision(x.dtype), BM=BM, BK=BK, K_ITERS=k_iters)
-    block = 4096 if _interpreting() else 1024
+    block = 4096 if interpreting() else 1024
     _gram_reduce_kernel[(triton.cdiv(C * C, block), B)](ws, out, B, C, scale, SPLIT=split, ACC=acc, BLOCK=block)
     return out
 

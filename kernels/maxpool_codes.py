@@ -10,8 +10,17 @@ import torch
 import triton
 import triton.language as tl
 
-from perfloss.ops.bitpack import is_channels_last, packed_bytes
-from perfloss.ops.maxpool_codes import code_bits, output_size
+from perfloss.kernels.common import acc_dtype, code_bits, memory_format_of, packed_bytes, pool_output_size, triton_acc, work_channels_last
+
+
+@triton.jit
+def _nchw_index(e, C, OH, OW):
+    """(b, c, oh, ow) of flat NCHW output index e."""
+    ow = e % OW
+    t = e // OW
+    oh = t % OH
+    t = t // OH
+    return t // C, t % C, oh, ow
 
 
 @triton.jit
@@ -25,12 +34,7 @@ def _maxpool_codes_fwd(x_ptr, y_ptr, c_ptr, n_all, n_keep, C, H, W, OH, OW,
     j = tl.arange(0, PER)
     e = byte[:, None] * PER + j[None, :]
     inb = e < n_all
-    ow = e % OW
-    t = e // OW
-    oh = t % OH
-    t = t // OH
-    c = t % C
-    b = t // C
+    b, c, oh, ow = _nchw_index(e, C, OH, OW)
     h0 = oh * SH - PH
     w0 = ow * SW - PW
     base = b * xs0 + c * xs1
@@ -60,12 +64,7 @@ def _maxpool_unroute(g_ptr, c_ptr, o_ptr, n, C, H, W, OH, OW, gs0, gs1, gs2, gs3
     pid = tl.program_id(0).to(tl.int64)
     e = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     inb = e < n
-    ow = e % OW
-    t = e // OW
-    oh = t % OH
-    t = t // OH
-    c = t % C
-    b = t // C
+    b, c, oh, ow = _nchw_index(e, C, OH, OW)
     shift = (BITS * (e % PER)).to(tl.int32)
     code = (tl.load(c_ptr + e // PER, mask=inb, other=0).to(tl.int32) >> shift) & ((1 << BITS) - 1)
     ih = oh * SH - PH + (code // KW) * DH
@@ -75,12 +74,13 @@ def _maxpool_unroute(g_ptr, c_ptr, o_ptr, n, C, H, W, OH, OW, gs0, gs1, gs2, gs3
     tl.atomic_add(o_ptr + ((b * C + c) * H + ih) * W + iw, g, mask=inb)
 
 
-def maxpool_codes_forward(x, kernel, stride, padding, dilation, ceil_mode, keep, block: int = 256):
+def maxpool_codes(x, kernel, stride, padding, dilation, ceil_mode, keep, block: int = 256):
+    """(max_pool2d(x, ...), packed window codes) — the contract of perfloss::maxpool_codes."""
     b, c, h, w = x.shape
-    oh = output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
-    ow = output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
-    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-    y = torch.empty((b, c, oh, ow), dtype=x.dtype, device=x.device).contiguous(memory_format=fmt)
+    oh = pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    y = torch.empty((b, c, oh, ow), dtype=x.dtype, device=x.device).contiguous(
+        memory_format=memory_format_of(work_channels_last(x)))
     bits = code_bits(kernel[0] * kernel[1])
     per = 8 // bits
     n_all, n_keep = b * c * oh * ow, keep * c * oh * ow
@@ -90,16 +90,16 @@ def maxpool_codes_forward(x, kernel, stride, padding, dilation, ceil_mode, keep,
         _maxpool_codes_fwd[grid](x, y, codes, n_all, n_keep, c, h, w, oh, ow, *x.stride(), *y.stride(),
                                  KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], PH=padding[0],
                                  PW=padding[1], DH=dilation[0], DW=dilation[1], BITS=bits, PER=per,
-                                 ACC=tl.float64 if x.dtype == torch.float64 else tl.float32, BLOCK=block)
+                                 ACC=triton_acc(x.dtype), BLOCK=block)
     return y, codes
 
 
 def maxpool_unroute(grad, codes, input_hw, kernel, stride, padding, dilation, block: int = 1024):
+    """Each output gradient added at its argmax — the contract of perfloss::maxpool_unroute."""
     b, c, oh, ow = grad.shape
     h, w = input_hw
     bits = code_bits(kernel[0] * kernel[1])
-    acc = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    out = torch.zeros((b, c, h, w), dtype=acc, device=grad.device)
+    out = torch.zeros((b, c, h, w), dtype=acc_dtype(grad.dtype), device=grad.device)
     n = grad.numel()
     if n:
         _maxpool_unroute[(triton.cdiv(n, block),)](grad, codes, out, n, c, h, w, oh, ow, *grad.stride(),

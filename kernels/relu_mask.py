@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from perfloss.ops.bitpack import is_channels_last, packed_bytes
+from perfloss.kernels.common import dense, packed_bytes
 
 
 @triton.jit
@@ -56,25 +56,33 @@ def _relu_mask_bwd(g_ptr, m_ptr, o_ptr, n, slope, PLAIN: tl.constexpr, F64: tl.c
     tl.store(o_ptr + offs, out.to(o_ptr.dtype.element_ty), mask=inb)
 
 
-def _dense(t):
-    return t if is_channels_last(t) else t.contiguous()
+def relu_mask(x: torch.Tensor, negative_slope: float, keep: int, block: int = 1024):
+    """(activation(x), mask) — the contract of perfloss::relu_mask."""
+    x = dense(x)
+    y = torch.empty_like(x)
+    return y, _relu_mask_into(x, y, negative_slope, keep, block)
 
 
-def relu_mask_forward(x: torch.Tensor, negative_slope: float, keep: int, block: int = 1024):
-    x = _dense(x)
+def relu_mask_(x: torch.Tensor, negative_slope: float, keep: int, block: int = 1024):
+    """x becomes activation(x) (each element is read before it is written, by the same program); returns
+    the mask — the contract of perfloss::relu_mask_ (x is dense, the op's wrapper checks)."""
+    return _relu_mask_into(x, x, negative_slope, keep, block)
+
+
+def _relu_mask_into(x, y, negative_slope, keep, block):
     n = x.numel()
     n_keep = keep * (x[0].numel() if x.shape[0] else 0)
-    y = torch.empty_like(x)
     mask = torch.empty(packed_bytes(n_keep, 1), dtype=torch.uint8, device=x.device)
     grid = (triton.cdiv(triton.cdiv(n, 8), block),)
     if n:
         _relu_mask_fwd[grid](x, y, mask, n, n_keep, float(negative_slope), PLAIN=negative_slope == 0.0,
                              F64=x.dtype == torch.float64, BLOCK=block)
-    return y, mask
+    return mask
 
 
 def relu_mask_backward(grad: torch.Tensor, mask: torch.Tensor, negative_slope: float, block: int = 1024):
-    grad = _dense(grad)
+    """grad where the mask bit is set, negative_slope * grad elsewhere — perfloss::relu_mask_backward."""
+    grad = dense(grad)
     n = grad.numel()
     out = torch.empty_like(grad)
     grid = (triton.cdiv(triton.cdiv(n, 8), block),)

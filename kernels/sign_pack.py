@@ -1,13 +1,13 @@
 """Triton kernels for perfloss::sign_pack (2-bit sign codes, 4 per byte) and sign_unpack.
 
-Memory order as in perfloss/ops/bitpack.py; codes 0: zero, 1: +scale, 2: -scale. The unpack multiplies
+Memory order as in perfloss/ops/bitpack.py (the working layout, kernels/common.py); codes 0: zero, 1: +scale, 2: -scale. The unpack multiplies
 by the per-sample incoming gradient in fp32 (fp64 for fp64) and rounds once, as eager does.
 """
 import torch
 import triton
 import triton.language as tl
 
-from perfloss.ops.bitpack import is_channels_last, memory_format_of, packed_bytes
+from perfloss.kernels.common import dense, memory_format_of, packed_bytes
 
 
 @triton.jit
@@ -41,7 +41,7 @@ def _sign_unpack(c_ptr, s_ptr, gv_ptr, o_ptr, n, per_sample, F64: tl.constexpr, 
 
 
 def sign_pack(g: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    g = g if is_channels_last(g) else g.contiguous()
+    g = dense(g)
     n = g.numel()
     codes = torch.empty(packed_bytes(n, 2), dtype=torch.uint8, device=g.device)
     if n:

@@ -12,11 +12,12 @@ import torch
 import triton
 import triton.language as tl
 
-from perfloss.kernels.gram import _dense, _interpreting, acc_type, dot_precision, gram_into
+from perfloss.kernels.common import acc_dtype, dense, interpreting, triton_acc
+from perfloss.kernels.gram import dot_precision, gram_into
 
 
 def _grad_configs():
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BN": 128}, num_warps=4, num_stages=1)]
     return [triton.Config({"BN": n}, num_warps=w, num_stages=s)
             for n, w, s in ((64, 4, 3), (128, 4, 3), (128, 8, 3), (256, 8, 3))]
@@ -71,17 +72,17 @@ def _style_grad_kernel(s_ptr, x_ptr, g_ptr, C, N, stride_b, stride_c, stride_k,
 
 def style_loss(features: torch.Tensor, target_gram: torch.Tensor, compute_grad: bool):
     """(values (B,), grad like features or an empty placeholder) — the contract of perfloss::style_loss."""
-    x = _dense(features)
+    x = dense(features)
     B, C, H, W = x.shape
     N = H * W
-    vdtype = torch.promote_types(x.dtype, torch.float32)
-    acc = acc_type(x.dtype)
+    vdtype = acc_dtype(x.dtype)
+    acc = triton_acc(x.dtype)
     G = gram_into(x, torch.empty((B, C, C), dtype=vdtype, device=x.device), 1.0 / (C * N))
     T = target_gram
     t_sb = 0 if T.shape[0] == 1 else T.stride(0)
     S = torch.empty((B, C, C), dtype=vdtype, device=x.device)
-    BI = 16 if not _interpreting() else max(16, min(triton.next_power_of_2(C), 128))
-    BJ = max(16, min(triton.next_power_of_2(C), 128 if _interpreting() else 64))
+    BI = 16 if not interpreting() else max(16, min(triton.next_power_of_2(C), 128))
+    BJ = max(16, min(triton.next_power_of_2(C), 128 if interpreting() else 64))
     n_iblk = triton.cdiv(C, BI)
     part = torch.empty((B, n_iblk), dtype=vdtype, device=x.device)
     _style_diff_kernel[(B, n_iblk)](G, T, S, part, C, t_sb, T.stride(1), T.stride(2), n_iblk, 2.0 / (C * N),
@@ -93,8 +94,8 @@ def style_loss(features: torch.Tensor, target_gram: torch.Tensor, compute_grad: 
     work = grad
     if grad.stride() != x.stride():
         work = torch.empty_strided(x.shape, x.stride(), dtype=x.dtype, device=x.device)
-    BM = max(16, min(triton.next_power_of_2(C), 128 if _interpreting() else 64))
-    BJg = max(16, min(triton.next_power_of_2(C), 128 if _interpreting() else 32))
+    BM = max(16, min(triton.next_power_of_2(C), 128 if interpreting() else 64))
+    BJg = max(16, min(triton.next_power_of_2(C), 128 if interpreting() else 32))
     grid = lambda meta: (triton.cdiv(N, meta["BN"]), triton.cdiv(C, BM), B)  # noqa: E731
     _style_grad_kernel[grid](S, x, work, C, N, x.stride(0), x.stride(1), x.stride(3),
                              ACC=acc, PRECISION=dot_precision(x.dtype), BM=BM, BJ=BJg, N_J=triton.cdiv(C, BJg))

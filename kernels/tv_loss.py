@@ -7,19 +7,15 @@ differences that start at them (value partials, one per direction, added per sam
 order) and their gradient from the differences that start or end at them; neighbours are re-read
 from cache, so DRAM sees x once and the gradient once. 64-bit offsets, fp32 accumulation.
 """
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
+from perfloss.kernels.common import acc_dtype, interpreting, memory_format_of, triton_acc, work_channels_last
 
 
 def _configs():
-    if _interpreting():
+    if interpreting():
         return [triton.Config({"BLOCK": 4096}, num_warps=4)]
     return [triton.Config({"BLOCK": b}, num_warps=w) for b, w in ((1024, 4), (2048, 8), (4096, 8))]
 
@@ -61,14 +57,6 @@ def _tv_kernel(x_ptr, g_ptr, part_ptr, L, H, W, s_h, s_w, n_blocks, gh, gw,
         tl.store(g_ptr + s * L + offs, g.to(g_ptr.dtype.element_ty), mask=mask)
 
 
-def _work_channels_last(x: torch.Tensor) -> bool:
-    if x.is_contiguous():
-        return False
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return True
-    return x.stride(1) == 1 and x.shape[1] > 1
-
-
 def tv_loss(x: torch.Tensor, kind: str, compute_grad: bool):
     """(values (B,), grad like x or an empty placeholder) — the contract of perfloss::tv_loss."""
     if kind not in ("l1", "l2"):
@@ -76,10 +64,10 @@ def tv_loss(x: torch.Tensor, kind: str, compute_grad: bool):
     B, C, H, W = x.shape
     if H < 2 or W < 2:
         raise ValueError(f"x must be at least 2x2 for total variation, got {H}x{W}")
-    cl = _work_channels_last(x)
-    fmt = torch.channels_last if cl else torch.contiguous_format
+    cl = work_channels_last(x)
+    fmt = memory_format_of(cl)
     xc = x.contiguous(memory_format=fmt)
-    vdtype = torch.promote_types(x.dtype, torch.float32)
+    vdtype = acc_dtype(x.dtype)
     grad = torch.empty_like(x) if compute_grad else x.new_empty((0,))
     work = grad
     if compute_grad and not grad.is_contiguous(memory_format=fmt):
@@ -94,7 +82,7 @@ def tv_loss(x: torch.Tensor, kind: str, compute_grad: bool):
     grid = lambda meta: (triton.cdiv(L, meta["BLOCK"]), B)  # noqa: E731
     _tv_kernel[grid](xc, work if compute_grad else xc, part, L, H, W, s_h, s_w, n_blocks,
                      (1.0 if l1 else 2.0) / nh, (1.0 if l1 else 2.0) / nw, L1=l1, GRAD=compute_grad,
-                     ACC=tl.float64 if x.dtype == torch.float64 else tl.float32)
+                     ACC=triton_acc(x.dtype))
     sums = part.sum(dim=1)
     values = sums[:, 0] / nh + sums[:, 1] / nw
     if compute_grad and work is not grad:

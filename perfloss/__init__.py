@@ -5,7 +5,7 @@ Losses take ``(input, target)`` like torch.nn losses, images in an explicit ``in
 """
 from perfloss import backbones, engine, functional, pgn
 from perfloss.losses import LPIPS, JohnsonLoss, MultiScaleLoss, PerceptualLoss, StyleLoss, TVLoss
-from perfloss.ops.dispatch import backend_info
+from perfloss.ops.library import backend_info
 
 __version__ = "0.1.0"
 

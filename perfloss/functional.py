@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from perfloss.ops.common import reduce
+from perfloss.inputs import reduce
 from perfloss.ops.feature_distance import feature_distance
 from perfloss.ops.gram import gram
 from perfloss.ops.style_loss import style_loss

@@ -5,6 +5,9 @@ identical RGB channels before normalisation). ``input_range`` says what the call
 span, e.g. (0, 1) or (-1, 1); the map to ImageNet-normalised network input is folded into one
 per-channel affine x * scale + shift. No value checks run unless ``check_range=True``: reading
 min/max would force a host-device sync on every call.
+
+Also here because every layer takes them from here: the argument checks shared by losses, ops and
+``perfloss.pgn`` (``check_same``) and the batch reductions (``reduce``, ``REDUCTIONS``).
 """
 from typing import Sequence, Tuple
 
@@ -12,6 +15,7 @@ import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+REDUCTIONS = ("mean", "sum", "none")
 
 
 def check_input_range(input_range) -> Tuple[float, float]:
@@ -52,12 +56,7 @@ def check_image(name: str, x, *, allow_grayscale: bool = True) -> None:
 def check_pair(input, target, *, same_shape: bool = True) -> None:
     check_image("input", input)
     check_image("target", target)
-    if same_shape and input.shape != target.shape:
-        raise ValueError(f"input and target must have the same shape, got {tuple(input.shape)} and {tuple(target.shape)}")
-    if input.dtype != target.dtype:
-        raise TypeError(f"input and target must have the same dtype, got {input.dtype} and {target.dtype}")
-    if input.device != target.device:
-        raise ValueError(f"input and target must be on the same device, got {input.device} and {target.device}")
+    check_same("input", input, "target", target, shape=same_shape)
 
 
 def check_values(name: str, x: torch.Tensor, input_range: Sequence[float]) -> None:
@@ -79,3 +78,24 @@ def to_network(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> tor
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x * scale.to(x.dtype) + shift.to(x.dtype)
+
+
+def check_same(name0: str, x0: torch.Tensor, name1: str, x1: torch.Tensor, *, shape: bool = True) -> None:
+    """The two tensors share dtype and device (and shape, unless ``shape=False``)."""
+    if shape and x0.shape != x1.shape:
+        raise ValueError(f"{name0} and {name1} must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
+    if x0.dtype != x1.dtype:
+        raise TypeError(f"{name0} and {name1} must have the same dtype, got {x0.dtype} and {x1.dtype}")
+    if x0.device != x1.device:
+        raise ValueError(f"{name0} and {name1} must be on the same device, got {x0.device} and {x1.device}")
+
+
+def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
+    """Reduce per-sample loss values (B,) like torch.nn losses do."""
+    if reduction == "mean":
+        return values.mean()
+    if reduction == "sum":
+        return values.sum()
+    if reduction == "none":
+        return values
+    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")

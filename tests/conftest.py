@@ -31,3 +31,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def _implementations():
+    from perfloss.kernels.common import interpreting
+    from perfloss.ops import library
+
+    return ["reference",
+            pytest.param("cpp", marks=pytest.mark.skipif(library.extension_error() is not None,
+                                                          reason="perfloss._C not built")),
+            pytest.param("triton", marks=pytest.mark.skipif(not (library.triton_available() and interpreting()),
+                                                             reason="needs triton and TRITON_INTERPRET=1"))]
+
+
+@pytest.fixture(params=_implementations())
+def impl(request):
+    """Every op that has implementation ``impl`` runs on it for the test (perfloss.ops.library.use)."""
+    from perfloss.ops import library
+
+    with library.use(request.param):
+        yield request.param

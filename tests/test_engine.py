@@ -166,6 +166,34 @@ def test_fallback_ops_are_reported_and_exact():
     assert torch.autograd.gradcheck(lambda x: lean_loss(plan, x, heads, target_x=t), (x,), fast_mode=True)
 
 
+class SameInputTwice(nn.Module):
+    """One node on both sides of an op: ``a + a``, ``cat([a, a])``, and ``a * a`` (not a constant
+    scale: a fallback)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        a = self.c(x)
+        b = torch.cat([a + a, a], 1) - torch.cat([a, a], 1) * 0.5
+        return {"b": b, "s": a * a}
+
+
+def test_same_input_twice_is_exact():
+    net = frozen(SameInputTwice(), torch.float64)
+    plan = compile_plan(net)
+    assert [s.name for s in plan.fallbacks] == ["mul_1"], plan.report()
+    heads = [TapHead("b", "mse"), TapHead("s", "l1")]
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    v = lean_loss(plan, x, heads, target_x=t)
+    ve = eager_values(net, heads, x, target_x=t)
+    (g1,) = torch.autograd.grad(v.sum(), x)
+    (g2,) = torch.autograd.grad(ve.sum(), x)
+    assert rel_err(g1, g2) < 1e-12
+
+
 def test_taps_by_module_path_and_node_name():
     net = frozen(WithFallback())
     gm = torch.fx.symbolic_trace(net)

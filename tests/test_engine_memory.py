@@ -1,4 +1,4 @@
-"""perfloss.engine.memory: the graph walk, the hooks measure and the analytic lean figure."""
+"""perfloss.engine.memory: the graph walk, the hooks measure and the expected lean figure."""
 import torch
 
 from perfloss.engine import compile_plan, lean_loss
@@ -29,7 +29,7 @@ def test_walk_counts_saved_tensors_and_context_attributes():
     assert graph_saved_bytes(z.sum()) == 10 + 12
 
 
-def test_lean_figure_is_the_analytic_one_and_far_below_eager():
+def test_lean_figure_is_the_expected_one_and_far_below_eager():
     net = frozen(Toy())
     plan = compile_plan(net)
     heads = [TapHead("a", "mse"), TapHead("b", "l1"), TapHead("c", "gram"), TapHead("c", "cosine")]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from perfloss.pgn import PerceptualGradientNetwork, ProxyTargetLoss
+from perfloss.pgn import PerceptualGradientNetwork, ProxyTargetLoss, fold
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,7 +55,7 @@ def test_paper_parameter_counts_are_close():
         assert abs(counts[arch] - paper) / paper < 0.03
 
 
-def test_sigmoid_head_formula():
+def test_sigmoid_output_formula():
     torch.manual_seed(0)
     net = PerceptualGradientNetwork("resnet4", grad_scale=0.05).eval()
     y_hat, y = torch.rand(2, 3, 8, 12), torch.rand(2, 3, 8, 12)
@@ -70,9 +70,9 @@ def test_sigmoid_head_formula():
     torch.testing.assert_close(grad, 2 * (y_hat - p_expected) / (3 * 8 * 12 * 0.05), rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("head", ["raw", "direct"])
-def test_other_heads_keep_the_proxy_gradient_relation(head):
-    net = PerceptualGradientNetwork("resnet4", head=head, input_range=(-1, 1)).eval()
+@pytest.mark.parametrize("output", ["raw", "direct"])
+def test_other_outputs_keep_the_proxy_gradient_relation(output):
+    net = PerceptualGradientNetwork("resnet4", output=output, input_range=(-1, 1)).eval()
     y_hat, y = torch.rand(1, 3, 8, 8) * 2 - 1, torch.rand(1, 3, 8, 8) * 2 - 1
     proxy, grad = net(y_hat, y)
     torch.testing.assert_close(proxy, y_hat - (0.025 * 3 * 8 * 8 / 2) * grad, rtol=1e-5, atol=1e-5)
@@ -103,7 +103,7 @@ def test_proxy_target_loss_gradient_equals_pgn_gradient():
 
 
 def test_save_load_roundtrip(tmp_path):
-    net = PerceptualGradientNetwork("unet", head="direct", input_range=(-1, 1))
+    net = PerceptualGradientNetwork("unet", output="direct", input_range=(-1, 1))
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.01)
@@ -119,9 +119,23 @@ def test_save_load_roundtrip(tmp_path):
         PerceptualGradientNetwork.load(tmp_path / "other.pt")
 
 
+def test_load_checkpoint_written_with_head_key(tmp_path):
+    """Checkpoints from before the rename carry the output parameterisation under "head"."""
+    net = PerceptualGradientNetwork("resnet4", output="raw")
+    net.save(tmp_path / "new.pt")
+    ckpt = torch.load(tmp_path / "new.pt", weights_only=True)
+    ckpt["config"]["head"] = ckpt["config"].pop("output")
+    torch.save(ckpt, tmp_path / "old.pt")
+    loaded = PerceptualGradientNetwork.load(tmp_path / "old.pt")
+    assert loaded.output == "raw" and loaded.config() == net.config()
+    y_hat, y = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8)
+    for a, b in zip(net.eval()(y_hat, y), loaded.eval()(y_hat, y)):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("call, err, match", [
     (lambda: PerceptualGradientNetwork("resnet5"), ValueError, "arch must be one of"),
-    (lambda: PerceptualGradientNetwork(head="tanh"), ValueError, "head must be one of"),
+    (lambda: PerceptualGradientNetwork(output="tanh"), ValueError, "output must be one of"),
     (lambda: PerceptualGradientNetwork(grad_scale=-1.0), ValueError, "grad_scale"),
     (lambda: PerceptualGradientNetwork(input_range=(1, 0)), ValueError, "input_range"),
 ])
@@ -146,7 +160,7 @@ def test_bad_forward_inputs_raise():
 
 def test_proxy_target_loss_with_the_inference_copy():
     net = PerceptualGradientNetwork("resnet4").eval()
-    fast = net.inference()
+    fast = fold(net)
     y, y_hat = torch.rand(1, 3, 12, 12), torch.rand(1, 3, 12, 12, requires_grad=True)
     ProxyTargetLoss(fast)(y_hat, y).backward()
     assert torch.equal(y_hat.grad, fast(y_hat.detach(), y)[1])
@@ -162,7 +176,7 @@ def test_grad_scale_auto_calibrates_to_the_teacher_scale(tmp_path):
     with pytest.raises(RuntimeError, match="not calibrated"):
         net(y_hat, y)
     with pytest.raises(RuntimeError, match="not calibrated"):
-        net.inference()
+        fold(net)
     net.save(tmp_path / "auto.pt")
     assert not PerceptualGradientNetwork.load(tmp_path / "auto.pt").calibrated
     g_true = torch.randn(3, 3, 8, 8) * 1e-4
@@ -178,7 +192,7 @@ def test_grad_scale_auto_calibrates_to_the_teacher_scale(tmp_path):
     net.save(tmp_path / "cal.pt")
     loaded = PerceptualGradientNetwork.load(tmp_path / "cal.pt")
     assert loaded.calibrated and loaded.grad_scale == s
-    torch.testing.assert_close(net.inference()(y_hat, y)[1], grad, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(fold(net)(y_hat, y)[1], grad, rtol=1e-4, atol=1e-7)
     with pytest.raises(ValueError, match="cannot calibrate"):
         net.calibrate_grad_scale(y, y, g_true)
     with pytest.raises(ValueError, match="grad_scale"):

@@ -141,9 +141,10 @@ def test_cli_pgn_train(tmp_path, monkeypatch):
     out2 = tmp_path / "pgn_auto.pt"
     args = parser.parse_args(["pgn-train", "--procedural", "8", "--size", "16", "--steps", "1", "--batch-size", "2",
                               "--no-progress", "--out", str(out2), "--eval-every", "0", "--grad-scale", "auto",
-                              "--grad-loss", "relative"])
+                              "--grad-loss", "relative", "--output", "direct"])
     assert args.func(args) == 0
     assert isinstance(PerceptualGradientNetwork.load(out2).grad_scale, float)
+    assert PerceptualGradientNetwork.load(out2).output == "direct"
     args = parser.parse_args(["pgn-train", "--procedural", "4", "--steps", "1", "--grad-scale", "big"])
     assert args.func(args) == 2
 

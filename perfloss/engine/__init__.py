@@ -6,16 +6,26 @@
     values = lean_loss(plan, x, heads, target_x=y)          # (B,), differentiable in x (once)
     values = lean_loss(plan, x, heads, targets=cached)      # cached = target_features(plan, style, heads)
 
+Modules, each importing only those below it:
+
+- :mod:`perfloss.engine.rules`: one rule per op kind (conv, relu, maxpool, ...): how it is recognised
+  in an fx graph, what its forward keeps, its backward.
 - :mod:`perfloss.engine.plan`: ``compile_plan(module, taps)`` traces a frozen module with torch.fx;
   taps are returned dict keys, fx node names or module paths. ``plan_for(backbone)`` caches it.
-- :mod:`perfloss.engine.lean`: ``lean_loss`` / ``target_features``; the forward keeps 1-bit ReLU masks,
-  2/4/8-bit max-pool codes and one gradient per tapped node (2-bit signs for a lone L1 head).
-- :mod:`perfloss.engine.lean_op`: the same as ``perfloss::lean_forward`` / ``perfloss::lean_backward``
-  custom ops (used for fully lean plans), so ``torch.compile(fullgraph=True)`` traces through it.
-- :mod:`perfloss.engine.memory`: memory held for backward (graph walk, saved-tensor hooks, analytic).
+- :mod:`perfloss.engine.taps`: the heads at a tap and the gradient kept there (2-bit signs for a lone
+  L1 head).
+- :mod:`perfloss.engine.walk`: the one plan walker (target pass, input pass, memory estimate) and
+  the backward walk.
+- :mod:`perfloss.engine.lean_op`: the ``perfloss::lean_forward`` / ``perfloss::lean_backward`` custom
+  ops (used for fully lean plans), so ``torch.compile(fullgraph=True)`` traces through them.
+- :mod:`perfloss.engine.lean`: ``lean_loss`` / ``target_features`` / ``LeanLossFunction``.
+- :mod:`perfloss.engine.memory`: memory held for backward (graph walk, saved-tensor hooks, and the
+  lean figure from the walker on meta tensors).
 """
-from perfloss.engine.lean import DOUBLE_BACKWARD_ERROR, LeanLossFunction, lean_loss, target_features
-from perfloss.engine.plan import LEAN_KINDS, Plan, Step, compile_plan, plan_for
+from perfloss.engine.lean import LeanLossFunction, lean_loss, target_features
+from perfloss.engine.plan import Plan, Step, compile_plan, plan_for
+from perfloss.engine.rules import LEAN_KINDS
+from perfloss.engine.walk import DOUBLE_BACKWARD_ERROR
 
 __all__ = ["Plan", "Step", "compile_plan", "plan_for", "lean_loss", "target_features", "LEAN_KINDS",
            "LeanLossFunction", "DOUBLE_BACKWARD_ERROR"]

@@ -1,43 +1,38 @@
 """The lean loss as custom ops, so that ``torch.compile(fullgraph=True)`` sees no graph break.
 
 ``perfloss::lean_forward(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype)
--> (values, saved)`` runs the plan (the same Python code as the autograd.Function in
-:mod:`perfloss.engine.lean`) and returns the tensors kept for backward as extra outputs;
-``perfloss::lean_backward(...)`` walks the plan in reverse. The heads travel as plain values (tap,
-kind, weight, LPIPS weights) and the plan as its integer key, so nothing but tensors, numbers and
-strings crosses the op boundary. The Python-side metadata of a forward (step shapes, dtypes, indices
-into ``saved``) is filed under the call's configuration and input signature, for the backward to find;
-it depends only on those, so the fake (meta) implementation, which runs the plan once on meta tensors
-with a meta copy of the network, files the same.
+-> (values, saved)`` runs the input pass (:func:`perfloss.engine.walk.forward`, as the
+autograd.Function in :mod:`perfloss.engine.lean` does) and returns the tensors kept for backward as
+extra outputs; ``perfloss::lean_backward(plan_key, config, grad_values, saved)`` walks the plan in
+reverse. The heads travel as plain values (tap, kind, weight, LPIPS weights) and the plan as its
+integer key, so nothing but tensors, numbers and strings crosses the op boundary. The rest of what
+the forward hands its backward (the :class:`~perfloss.engine.walk.Forward` record: step shapes,
+dtypes, indices into ``saved``) is filed under the call's configuration and input signature, for the
+backward to find; it depends only on those, so the fake implementation, which runs the pass once on
+meta tensors with a meta copy of the network, files the same.
 
 Only fully lean plans use this path (fallback steps keep autograd graphs, which cannot cross a custom
 op boundary); the others use the autograd.Function, which graph-breaks under torch.compile.
 """
-import copy
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from perfloss.engine.lean import DOUBLE_BACKWARD_ERROR, _backward, _Call, _forward
-from perfloss.engine.plan import compile_plan, plan_by_key
+from perfloss.engine.plan import plan_by_key
+from perfloss.engine.walk import DOUBLE_BACKWARD_ERROR, Call, Forward, backward, forward, on_meta, to_meta
 from perfloss.heads import TapHead
-from perfloss.ops.bitpack import is_channels_last
+from perfloss.kernels.common import work_channels_last
 
-_METAS: Dict[str, object] = {}
-_META_PLANS: Dict[int, object] = {}
+_METAS: Dict[str, Forward] = {}
 _MAX_METAS = 4096
 
 
-def _config_key(plan_key, x_shape, x_dtype, x_cl, target_x, targets, heads_spec, weights, lins, tap_grad_dtype,
-                amp) -> str:
+def _config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype) -> str:
     tgt = None if target_x is None else (tuple(target_x.shape), str(target_x.dtype))
-    return repr((plan_key, tuple(x_shape), str(x_dtype), x_cl, tgt, tuple((tuple(t.shape), str(t.dtype)) for t in targets),
-                 heads_spec, tuple(weights), tuple(lin is not None for lin in lins), str(tap_grad_dtype),
-                 amp))
-
-
-def _amp(device_type):
-    return torch.is_autocast_enabled(device_type) and str(torch.get_autocast_dtype(device_type))
+    amp = torch.is_autocast_enabled(x.device.type) and str(torch.get_autocast_dtype(x.device.type))
+    return repr((plan_key, tuple(x.shape), str(x.dtype), work_channels_last(x), tgt,
+                 tuple((tuple(t.shape), str(t.dtype)) for t in targets), heads_spec, tuple(weights),
+                 tuple(lin is not None for lin in lins), str(tap_grad_dtype), amp))
 
 
 def encode_heads(heads) -> str:
@@ -48,42 +43,25 @@ def encode_heads(heads) -> str:
     return ",".join(h.tap + ":" + h.kind for h in heads)
 
 
-def _call(plan, heads_spec, weights, lins, has_targets, tap_grad_dtype) -> _Call:
+def _call(plan_key, heads_spec, weights, lins, tap_grad_dtype) -> Call:
     pairs = [p.rsplit(":", 1) for p in heads_spec.split(",")]
     heads = [TapHead(t, k, w, lin) for (t, k), w, lin in zip(pairs, weights, lins)]
-    return _Call(plan, heads, has_targets, tap_grad_dtype)
+    return Call(plan_by_key(plan_key), heads, tap_grad_dtype)
 
 
-def _meta_plan(plan):
-    mp = _META_PLANS.get(plan.key)
-    if mp is None:
-        mp = compile_plan(copy.deepcopy(plan.gm).to("meta"), taps=list(plan.taps))
-        _META_PLANS[plan.key] = mp
-    return mp
-
-
-def _to_meta(t):
-    if t is None:
-        return None
-    return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
-
-
-def _file(key, meta):
+def _file(key: str, fwd: Forward):
     if len(_METAS) >= _MAX_METAS:
         _METAS.clear()
-    _METAS[key] = meta
+    _METAS[key] = fwd
 
 
 @torch.library.custom_op("perfloss::lean_forward", mutates_args=())
 def lean_forward_op(plan_key: int, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: List[torch.Tensor],
                     heads_spec: str, weights: List[float], lins: List[Optional[torch.Tensor]],
                     tap_grad_dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-    plan = plan_by_key(plan_key)
-    call = _call(plan, heads_spec, weights, lins, target_x is None, tap_grad_dtype)
-    total, saved, meta = _forward(call, x, target_x, targets, True)
-    meta.x_shape = tuple(x.shape)
-    _file(_config_key(plan_key, x.shape, x.dtype, is_channels_last(x), target_x, targets, heads_spec, weights, lins,
-                      tap_grad_dtype, _amp(x.device.type)), meta)
+    call = _call(plan_key, heads_spec, weights, lins, tap_grad_dtype)
+    total, saved, fwd = forward(call, x, target_x, targets, True)
+    _file(_config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype), fwd)
     return total, saved
 
 
@@ -91,70 +69,50 @@ def lean_forward_op(plan_key: int, x: torch.Tensor, target_x: Optional[torch.Ten
 def _(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype):
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-    plan = plan_by_key(plan_key)
+    call = _call(plan_key, heads_spec, weights, lins, tap_grad_dtype)
     with unset_fake_temporarily():
-        call = _call(_meta_plan(plan), heads_spec, weights, [_to_meta(lin) for lin in lins], target_x is None,
-                     tap_grad_dtype)
-        total, saved, meta = _forward(call, _to_meta(x), _to_meta(target_x), [_to_meta(t) for t in targets], True)
-    meta.x_shape = tuple(x.shape)
-    _file(_config_key(plan_key, x.shape, x.dtype, is_channels_last(x), target_x, targets, heads_spec, weights, lins,
-                      tap_grad_dtype, _amp(x.device.type)), meta)
+        total, saved, fwd = forward(on_meta(call), to_meta(x), to_meta(target_x), [to_meta(t) for t in targets], True)
+    _file(_config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype), fwd)
     return (x.new_empty_strided(total.shape, total.stride(), dtype=total.dtype),
             [x.new_empty_strided(s.shape, s.stride(), dtype=s.dtype) for s in saved])
 
 
 @torch.library.custom_op("perfloss::lean_backward", mutates_args=())
-def lean_backward_op(plan_key: int, config: str, grad_values: torch.Tensor, saved: List[torch.Tensor],
-                     heads_spec: str, weights: List[float], lins: List[Optional[torch.Tensor]],
-                     has_targets: bool, tap_grad_dtype: Optional[torch.dtype]) -> torch.Tensor:
-    plan = plan_by_key(plan_key)
-    meta = _METAS.get(config)
-    if meta is None:
+def lean_backward_op(plan_key: int, config: str, grad_values: torch.Tensor, saved: List[torch.Tensor]) -> torch.Tensor:
+    fwd = _METAS.get(config)
+    if fwd is None:
         raise RuntimeError("perfloss lean engine: forward metadata missing for this backward (was the forward run "
                            "in another process?)")
-    call = _call(plan, heads_spec, weights, lins, has_targets, tap_grad_dtype)
-    return _backward(call, meta, saved, grad_values)
+    return backward(plan_by_key(plan_key), fwd, saved, grad_values)
 
 
 @lean_backward_op.register_fake
-def _(plan_key, config, grad_values, saved, heads_spec, weights, lins, has_targets, tap_grad_dtype):
-    meta = _METAS[config]
-    return grad_values.new_empty(meta.x_shape, dtype=meta.x_dtype)
+def _(plan_key, config, grad_values, saved):
+    fwd = _METAS[config]
+    return grad_values.new_empty(fwd.x_shape, dtype=fwd.x_dtype)
 
 
 def _setup_context(ctx, inputs, output):
     plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype = inputs
-    ctx.args = (plan_key, heads_spec, weights, target_x is None, tap_grad_dtype)
-    ctx.config = _config_key(plan_key, x.shape, x.dtype, is_channels_last(x), target_x, targets, heads_spec, weights,
-                             lins, tap_grad_dtype, _amp(x.device.type))
-    ctx.n_lins = len(lins)
+    ctx.plan_key = plan_key
+    ctx.config = _config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype)
     ctx.n_targets = len(targets)
-    ctx.save_for_backward(*output[1], *[lin for lin in lins if lin is not None])
+    # The autograd wrapper gives a list argument one gradient slot per element only when every
+    # element is a tensor (all heads LPIPS); a list holding any None is a single slot.
+    ctx.lin_grads = [None] * len(lins) if all(lin is not None for lin in lins) else None
+    ctx.save_for_backward(*output[1])
     # the saved outputs are not differentiable results: no zero-filled gradients for them in backward
     ctx.mark_non_differentiable(*output[1])
     ctx.set_materialize_grads(False)
-    ctx.lin_present = [lin is not None for lin in lins]
-    ctx.n_saved = len(output[1])
 
 
 def _backward_rule(ctx, grad_values, _grad_saved):
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         raise RuntimeError(DOUBLE_BACKWARD_ERROR)
-    if grad_values is None:  # grads are not materialised: nothing flows into the values
-        return None, None, None, [None] * ctx.n_targets, None, None, _no_lin_grads(ctx), None
-    tensors = ctx.saved_tensors
-    saved, rest = list(tensors[:ctx.n_saved]), list(tensors[ctx.n_saved:])
-    lins = [rest.pop(0) if present else None for present in ctx.lin_present]
-    plan_key, heads_spec, weights, has_targets, tap_grad_dtype = ctx.args
-    gx = lean_backward_op(plan_key, ctx.config, grad_values, saved, heads_spec, weights, lins, has_targets,
-                          tap_grad_dtype)
-    return None, gx, None, [None] * ctx.n_targets, None, None, _no_lin_grads(ctx), None
-
-
-def _no_lin_grads(ctx):
-    # The autograd wrapper gives a list argument one gradient slot per element only when every
-    # element is a tensor (all heads LPIPS); a list holding any None is a single slot.
-    return [None] * ctx.n_lins if all(ctx.lin_present) else None
+    gx = None
+    if grad_values is not None:  # grads are not materialised: None when nothing flows into the values
+        gx = lean_backward_op(ctx.plan_key, ctx.config, grad_values, list(ctx.saved_tensors))
+    return None, gx, None, [None] * ctx.n_targets, None, None, ctx.lin_grads, None
 
 
 lean_forward_op.register_autograd(_backward_rule, setup_context=_setup_context)

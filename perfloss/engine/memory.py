@@ -9,15 +9,15 @@ input image: resident anyway) are left out.
 :func:`hook_saved_bytes` is the other measure: unique storages packed through saved-tensor hooks
 while a function runs (it cannot see tensors stored as context attributes).
 
-:func:`lean_expected_bytes` is the analytic figure for the lean engine: packed masks + pool codes +
-tap gradients for a plan, input shape and heads.
+:func:`lean_expected_bytes` is the lean engine's own figure: the bytes of packed masks, pool codes
+and tap gradients that its input pass keeps, from that pass (the same walker and rules) run on meta
+tensors for a plan, input shape and heads.
 """
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import torch
 
-from perfloss.ops.bitpack import packed_bytes
-from perfloss.ops.maxpool_codes import code_bits
+from perfloss.engine.walk import Call, forward, on_meta
 
 MiB = float(1 << 20)
 
@@ -93,34 +93,12 @@ def hook_saved_bytes(fn: Callable, *args, exclude: Iterable[torch.Tensor] = (), 
 
 def lean_expected_bytes(plan, x_shape: Sequence[int], heads: Sequence, dtype: torch.dtype = torch.float32,
                         tap_grad_dtype: Optional[torch.dtype] = None) -> Dict[str, int]:
-    """Analytic lean figure for ``plan`` on inputs of ``x_shape``: {"masks", "codes", "taps", "total"} bytes.
+    """The lean figure for ``plan`` on inputs of ``x_shape``: {"masks", "codes", "taps", "total"} bytes.
 
-    Shapes come from a shape-propagation pass over the plan's graph on a zero input of ``x_shape``.
+    The input pass (with target images) runs on meta tensors over a meta copy of the network and
+    counts what it saves; fallback steps' autograd graphs are not included.
     """
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    gm = plan.gm
-    with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(tuple(x_shape), dtype=dtype))
-    nodes = {n.name: n for n in gm.graph.nodes}
-
-    def numel(name):
-        return nodes[name].meta["tensor_meta"].shape.numel()
-
-    masks = codes = taps = 0
-    for s in plan.steps:
-        if s.kind == "relu":
-            masks += packed_bytes(numel(s.dynamic_inputs[0]), 1)
-        elif s.kind == "maxpool":
-            k = s.params["kernel"]
-            codes += packed_bytes(numel(s.name), code_bits(k[0] * k[1]))
-    per_node: Dict[str, list] = {}
-    for h in heads:
-        per_node.setdefault(plan.taps[h.tap], []).append(h)
-    for node, hs in per_node.items():
-        n = numel(node)
-        if len(hs) == 1 and hs[0].grad_is_sign:
-            taps += packed_bytes(n, 2) + torch.empty((), dtype=dtype).element_size()
-        else:
-            taps += n * torch.empty((), dtype=tap_grad_dtype or dtype).element_size()
-    return dict(masks=masks, codes=codes, taps=taps, total=masks + codes + taps)
+    call = on_meta(Call(plan, heads, tap_grad_dtype))
+    x = torch.empty(tuple(x_shape), dtype=dtype, device="meta")
+    held = forward(call, x, x, None, True)[2].held
+    return dict(held, total=sum(held.values()))

@@ -21,7 +21,7 @@ from perfloss import engine as lean_engine
 from perfloss import inputs
 from perfloss.backbones import Backbone, get_backbone
 from perfloss.heads import TapHead
-from perfloss.ops.common import REDUCTIONS, reduce
+from perfloss.inputs import REDUCTIONS, reduce
 
 ENGINES = ("lean", "eager", "checkpoint")
 

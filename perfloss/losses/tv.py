@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from perfloss.ops.common import REDUCTIONS
+from perfloss.inputs import REDUCTIONS
 from perfloss.ops.tv_loss import KINDS, tv_loss
 
 

@@ -1,25 +1,19 @@
-"""Bit packing shared by the lean engine's ops (plain PyTorch reference helpers).
+"""Bit packing in plain PyTorch, for the lean ops' references (the C++ and Triton kernels pack alike).
 
 Codes of ``bits`` bits (1, 2, 4 or 8) are packed little-end first: element ``i`` of the flat
 sequence lives in byte ``i // (8 // bits)`` at bit offset ``(i % (8 // bits)) * bits``. The flat
-sequence is a tensor's *memory order*: NCHW for contiguous tensors, NHWC for channels_last ones
-(see :func:`is_channels_last`), so packing never copies an activation to another layout.
+sequence is a tensor's *memory order* in its working layout (NCHW, or NHWC for channels_last; see
+:func:`perfloss.kernels.common.work_channels_last`), so packing never copies an activation to
+another layout.
 """
 import torch
 
-
-def is_channels_last(x: torch.Tensor) -> bool:
-    """True when ``x`` is stored channels_last (and not also plain contiguous)."""
-    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-
-
-def memory_format_of(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
+from perfloss.kernels.common import work_channels_last
 
 
 def memory_flat(x: torch.Tensor) -> torch.Tensor:
-    """``x`` as a 1-D view in memory order (a contiguous copy when it is neither layout)."""
-    if is_channels_last(x):
+    """``x`` as a 1-D tensor in the memory order of its working layout (a view when ``x`` is dense)."""
+    if work_channels_last(x):
         return x.permute(0, 2, 3, 1).reshape(-1)
     return x.contiguous().view(-1)
 
@@ -30,11 +24,6 @@ def from_memory_flat(flat: torch.Tensor, sizes, channels_last: bool) -> torch.Te
         n, c, h, w = sizes
         return flat.view(n, h, w, c).permute(0, 3, 1, 2)
     return flat.view(sizes)
-
-
-def packed_bytes(numel: int, bits: int) -> int:
-    per = 8 // bits
-    return (numel + per - 1) // per
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:

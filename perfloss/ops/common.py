@@ -1,12 +1,8 @@
-"""Argument checks and small helpers shared by the loss-head ops."""
+"""What the value-and-gradient ops (feature_distance, style_loss, tv_loss) share: argument checks,
+the gradient placeholder, their fake kernel and their one autograd rule."""
 import torch
 
-REDUCTIONS = ("mean", "sum", "none")
-
-
-def value_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Loss values are accumulated and returned in float32 (float64 for float64 inputs)."""
-    return torch.promote_types(dtype, torch.float32)
+from perfloss.kernels.common import acc_dtype
 
 
 def check_features(name: str, x: torch.Tensor) -> None:
@@ -18,26 +14,6 @@ def check_features(name: str, x: torch.Tensor) -> None:
         raise ValueError(f"{name} must be a 4-D (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-
-
-def check_same(name0: str, x0: torch.Tensor, name1: str, x1: torch.Tensor) -> None:
-    if x0.shape != x1.shape:
-        raise ValueError(f"{name0} and {name1} must have the same shape, got {tuple(x0.shape)} and {tuple(x1.shape)}")
-    if x0.dtype != x1.dtype:
-        raise TypeError(f"{name0} and {name1} must have the same dtype, got {x0.dtype} and {x1.dtype}")
-    if x0.device != x1.device:
-        raise ValueError(f"{name0} and {name1} must be on the same device, got {x0.device} and {x1.device}")
-
-
-def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce per-sample loss values (B,) like torch.nn losses do."""
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    if reduction == "none":
-        return values
-    raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 
 
 def empty_grad(like: torch.Tensor) -> torch.Tensor:
@@ -53,7 +29,7 @@ def laid_out_like(like: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 def fake_values_and_grad(x: torch.Tensor, compute_grad: bool):
     """Fake outputs of a value-and-gradient op: per-sample values (B,) and the gradient's shape."""
-    values = x.new_empty((x.shape[0],), dtype=value_dtype(x.dtype))
+    values = x.new_empty((x.shape[0],), dtype=acc_dtype(x.dtype))
     return values, (torch.empty_like(x) if compute_grad else empty_grad(x))
 
 

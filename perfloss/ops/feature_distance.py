@@ -11,15 +11,19 @@ its 1e-10 outside the root and gives NaN there).
 
 With ``compute_grad`` the op also returns d(sum of values)/d f0, computed in the same pass: the
 autograd rule keeps only that gradient, and the lean engine stores it as a tap gradient.
+
+Implementations: :func:`feature_distance_reference` (below), C++ ``csrc/feature_distance.cpp`` (CPU),
+Triton ``kernels/feature_distance.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """
 from typing import Optional, Tuple
 
 import torch
 
-from perfloss.ops import dispatch
+from perfloss.inputs import check_same, reduce
+from perfloss.kernels.common import acc_dtype
+from perfloss.ops import library
 from perfloss.ops.common import (
-    check_features, check_same, empty_grad, fake_values_and_grad, laid_out_like, reduce,
-    register_fused_grad_autograd, value_dtype,
+    check_features, empty_grad, fake_values_and_grad, laid_out_like, register_fused_grad_autograd,
 )
 
 KINDS = ("mse", "l1", "cosine", "lpips")
@@ -32,7 +36,7 @@ def unit_normalize(f: torch.Tensor) -> torch.Tensor:
 
 def distance_formula(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Optional[torch.Tensor]) -> torch.Tensor:
     """The plain-PyTorch formula, differentiable in every argument; per-sample values."""
-    acc = value_dtype(f0.dtype)
+    acc = acc_dtype(f0.dtype)
     f0, f1 = f0.to(acc), f1.to(acc)
     if kind == "mse":
         return (f0 - f1).square().mean(dim=(1, 2, 3))
@@ -47,24 +51,8 @@ def distance_formula(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Opti
     return d.sum(dim=1).mean(dim=(1, 2))
 
 
-# Implementations (dispatch.PREFERENCE picks among them; backend_info() shows which runs).
-_native = dispatch.native_op("feature_distance_kernel")
-if _native is not None:
-
-    @dispatch.register("feature_distance", "cpp", ("cpu",))
-    def _cpp(f0, f1, kind, weight, compute_grad):
-        return _native(f0, f1, kind, weight, compute_grad)
-
-
-@dispatch.register("feature_distance", "triton", ("cuda", "cpu"))
-def _triton(f0, f1, kind, weight, compute_grad):
-    from perfloss.kernels.feature_distance import feature_distance as kernel
-
-    return kernel(f0, f1, kind, weight, compute_grad)
-
-
-@dispatch.register("feature_distance", "reference", ("cpu", "cuda"))
-def _reference(f0, f1, kind, weight, compute_grad):
+def feature_distance_reference(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Optional[torch.Tensor],
+                               compute_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     values = distance_formula(f0, f1, kind, weight)
     if not compute_grad:
         return values, empty_grad(f0)
@@ -88,11 +76,8 @@ def _reference(f0, f1, kind, weight, compute_grad):
     return values, laid_out_like(f0, grad.to(f0.dtype))
 
 
-@torch.library.custom_op("perfloss::feature_distance", mutates_args=())
-def feature_distance_op(
-    f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Optional[torch.Tensor], compute_grad: bool
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    return dispatch.call("feature_distance", f0, f1, kind, weight, compute_grad)
+feature_distance_op = library.define("feature_distance", feature_distance_reference,
+                                     triton=library.triton_kernel("feature_distance", "feature_distance"))
 
 
 @feature_distance_op.register_fake

@@ -2,45 +2,30 @@
 
 F is a (C, H*W) view of each sample; G is (C, C), accumulated in float32 and returned in the
 features' dtype. The backward needs F (as eager's bmm does): dF = (dG + dG^T) F / N.
+
+Implementations: :func:`gram_reference` (below), C++ ``csrc/gram.cpp`` (CPU), Triton
+``kernels/gram.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """
 import torch
 
-from perfloss.ops import dispatch
-from perfloss.ops.common import check_features, value_dtype
+from perfloss.kernels.common import acc_dtype
+from perfloss.ops import library
+from perfloss.ops.common import check_features
 
 
 def gram_formula(features: torch.Tensor, normalize: bool) -> torch.Tensor:
     """Plain-PyTorch Gram in float32 (float64 for float64) accumulation."""
     b, c, h, w = features.shape
-    f = features.reshape(b, c, h * w).to(value_dtype(features.dtype))
+    f = features.reshape(b, c, h * w).to(acc_dtype(features.dtype))
     g = torch.bmm(f, f.transpose(1, 2))
     return g / (c * h * w) if normalize else g
 
 
-# Implementations (dispatch.PREFERENCE picks among them; backend_info() shows which runs).
-_native = dispatch.native_op("gram_kernel")
-if _native is not None:
-
-    @dispatch.register("gram", "cpp", ("cpu",))
-    def _cpp(features, normalize):
-        return _native(features, normalize)
-
-
-@dispatch.register("gram", "triton", ("cuda", "cpu"))
-def _triton(features, normalize):
-    from perfloss.kernels.gram import gram as kernel
-
-    return kernel(features, normalize)
-
-
-@dispatch.register("gram", "reference", ("cpu", "cuda"))
-def _reference(features, normalize):
+def gram_reference(features: torch.Tensor, normalize: bool) -> torch.Tensor:
     return gram_formula(features, normalize).to(features.dtype)
 
 
-@torch.library.custom_op("perfloss::gram", mutates_args=())
-def gram_op(features: torch.Tensor, normalize: bool) -> torch.Tensor:
-    return dispatch.call("gram", features, normalize)
+gram_op = library.define("gram", gram_reference, triton=library.triton_kernel("gram", "gram"))
 
 
 @gram_op.register_fake
@@ -58,7 +43,7 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_gram):
     (features,) = ctx.saved_tensors
     b, c, h, w = features.shape
-    acc = value_dtype(features.dtype)
+    acc = acc_dtype(features.dtype)
     f = features.reshape(b, c, h * w).to(acc)
     sym = grad_gram.to(acc) + grad_gram.to(acc).transpose(1, 2)
     grad = torch.bmm(sym, f)

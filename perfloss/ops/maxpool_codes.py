@@ -3,45 +3,32 @@
 ``maxpool_codes(x, kernel, stride, padding, dilation, ceil_mode, keep) -> (y, codes)``: ``y`` is
 ``max_pool2d(x, ...)`` and ``codes`` holds, for every output element of the first ``keep`` samples
 (NCHW order), the position ``kh_i * kw + kw_i`` of the maximum inside its window, packed at
-:func:`code_bits` bits (2 bits for 2x2 windows, 4 for 3x3), instead of eager's int64 indices.
+:func:`perfloss.kernels.common.code_bits` bits (2 bits for 2x2 windows, 4 for 3x3), instead of eager's int64 indices.
 Ties and NaN resolve as in eager PyTorch (first maximum in row-major window order; NaN wins).
 
 ``maxpool_unroute(grad, codes, input_hw, kernel, stride, padding, dilation) -> grad_in`` routes
 each output gradient back to its argmax, accumulating where windows overlap (3x3 stride 2):
 exactly max_pool2d's backward. ``grad_in`` is contiguous (NCHW).
+
+Implementations: the ``*_reference`` functions below, C++ ``csrc/maxpool_codes.cpp`` (CPU), Triton
+``kernels/maxpool_codes.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """
 from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from perfloss.ops import dispatch
-from perfloss.ops.bitpack import pack, packed_bytes, unpack
-
-
-def code_bits(kernel_elems: int) -> int:
-    """Bits per window code: 2 for up to 4 window positions, 4 for up to 16, 8 for up to 256."""
-    for bits in (2, 4, 8):
-        if kernel_elems <= (1 << bits):
-            return bits
-    raise ValueError(f"max-pool windows of {kernel_elems} positions need more than 8 bits per code")
-
-
-def output_size(size, k, s, p, d, ceil_mode):
-    eff = d * (k - 1) + 1
-    num = size + 2 * p - eff
-    out = (num + (s - 1 if ceil_mode else 0)) // s + 1
-    if ceil_mode and (out - 1) * s >= size + p:
-        out -= 1
-    return out
+from perfloss.kernels.common import code_bits, packed_bytes, pair, pool_output_size, work_channels_last
+from perfloss.ops import library
+from perfloss.ops.bitpack import pack, unpack
 
 
 def _window_origin(n_out, s, p, device):
     return torch.arange(n_out, device=device) * s - p
 
 
-@dispatch.register("maxpool_codes", "reference", ("cpu", "cuda"))
-def _reference(x, kernel, stride, padding, dilation, ceil_mode, keep):
+def maxpool_codes_reference(x: torch.Tensor, kernel: List[int], stride: List[int], padding: List[int],
+                            dilation: List[int], ceil_mode: bool, keep: int) -> Tuple[torch.Tensor, torch.Tensor]:
     y, idx = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
     idx = idx[:keep]
     w = x.shape[3]
@@ -52,8 +39,8 @@ def _reference(x, kernel, stride, padding, dilation, ceil_mode, keep):
     return y, pack(code.contiguous(), code_bits(kernel[0] * kernel[1]))
 
 
-@dispatch.register("maxpool_unroute", "reference", ("cpu", "cuda"))
-def _reference_unroute(grad, codes, input_hw, kernel, stride, padding, dilation):
+def maxpool_unroute_reference(grad: torch.Tensor, codes: torch.Tensor, input_hw: List[int], kernel: List[int],
+                              stride: List[int], padding: List[int], dilation: List[int]) -> torch.Tensor:
     b, c, oh, ow = grad.shape
     h, w = input_hw
     code = unpack(codes, code_bits(kernel[0] * kernel[1]), grad.numel()).long().view(b, c, oh, ow)
@@ -67,60 +54,20 @@ def _reference_unroute(grad, codes, input_hw, kernel, stride, padding, dilation)
     return out.view(b, c, h, w)
 
 
-def _cpp_forward(x, kernel, stride, padding, dilation, ceil_mode, keep):
-    return dispatch.native_op("maxpool_codes_kernel")(x, kernel, stride, padding, dilation, ceil_mode, keep)
-
-
-def _cpp_unroute(grad, codes, input_hw, kernel, stride, padding, dilation):
-    return dispatch.native_op("maxpool_unroute_kernel")(grad, codes, input_hw, kernel, stride, padding, dilation)
-
-
-def _triton_forward(x, kernel, stride, padding, dilation, ceil_mode, keep):
-    from perfloss.kernels.maxpool_codes import maxpool_codes_forward
-    return maxpool_codes_forward(x, kernel, stride, padding, dilation, ceil_mode, keep)
-
-
-def _triton_unroute(grad, codes, input_hw, kernel, stride, padding, dilation):
-    from perfloss.kernels.maxpool_codes import maxpool_unroute
-    return maxpool_unroute(grad, codes, input_hw, kernel, stride, padding, dilation)
-
-
-def _register_fast_paths():
-    order = []
-    if dispatch.triton_available():
-        order.append(("triton", ("cuda", "cpu"), _triton_forward, _triton_unroute))
-    if dispatch.native_op("maxpool_codes_kernel") is not None:
-        order.append(("cpp", ("cpu",), _cpp_forward, _cpp_unroute))
-    for impl, devices, fwd, bwd in order:
-        dispatch.register("maxpool_codes", impl, devices)(fwd)
-        dispatch.register("maxpool_unroute", impl, devices)(bwd)
-
-
-_register_fast_paths()
-
-
-@torch.library.custom_op("perfloss::maxpool_codes", mutates_args=())
-def maxpool_codes_op(x: torch.Tensor, kernel: List[int], stride: List[int], padding: List[int],
-                     dilation: List[int], ceil_mode: bool, keep: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    return dispatch.call("maxpool_codes", x, kernel, stride, padding, dilation, ceil_mode, keep)
+maxpool_codes_op = library.define("maxpool_codes", maxpool_codes_reference,
+                                  triton=library.triton_kernel("maxpool_codes", "maxpool_codes"))
+maxpool_unroute_op = library.define("maxpool_unroute", maxpool_unroute_reference,
+                                    triton=library.triton_kernel("maxpool_codes", "maxpool_unroute"))
 
 
 @maxpool_codes_op.register_fake
 def _(x, kernel, stride, padding, dilation, ceil_mode, keep):
     b, c, h, w = x.shape
-    oh = output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
-    ow = output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
-    fmt = torch.channels_last if (not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)) \
-        else torch.contiguous_format
+    oh = pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    fmt = torch.channels_last if work_channels_last(x) else torch.contiguous_format
     y = x.new_empty((b, c, oh, ow)).contiguous(memory_format=fmt)
-    n = keep * c * oh * ow
-    return y, x.new_empty((packed_bytes(n, code_bits(kernel[0] * kernel[1])),), dtype=torch.uint8)
-
-
-@torch.library.custom_op("perfloss::maxpool_unroute", mutates_args=())
-def maxpool_unroute_op(grad: torch.Tensor, codes: torch.Tensor, input_hw: List[int], kernel: List[int],
-                       stride: List[int], padding: List[int], dilation: List[int]) -> torch.Tensor:
-    return dispatch.call("maxpool_unroute", grad, codes, input_hw, kernel, stride, padding, dilation)
+    return y, x.new_empty((packed_bytes(keep * c * oh * ow, code_bits(kernel[0] * kernel[1])),), dtype=torch.uint8)
 
 
 @maxpool_unroute_op.register_fake
@@ -128,20 +75,20 @@ def _(grad, codes, input_hw, kernel, stride, padding, dilation):
     return grad.new_empty((grad.shape[0], grad.shape[1], input_hw[0], input_hw[1]))
 
 
-def _pair(v):
-    return [int(v), int(v)] if isinstance(v, int) else [int(e) for e in v]
+def _window(kernel, stride):
+    k = pair(kernel)
+    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else pair(stride)
+    code_bits(k[0] * k[1])  # raises for windows too large to code
+    return k, s
 
 
 def maxpool_codes(x, kernel, stride=None, padding=0, dilation=1, ceil_mode=False, keep=-1):
     """(max_pool2d(x, ...), packed argmax codes of the first ``keep`` samples; all when keep < 0)."""
-    k = _pair(kernel)
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride)
+    k, s = _window(kernel, stride)
     keep = x.shape[0] if keep < 0 else keep
-    code_bits(k[0] * k[1])
-    return maxpool_codes_op(x, k, s, _pair(padding), _pair(dilation), bool(ceil_mode), int(keep))
+    return maxpool_codes_op(x, k, s, pair(padding), pair(dilation), bool(ceil_mode), int(keep))
 
 
 def maxpool_unroute(grad, codes, input_hw, kernel, stride=None, padding=0, dilation=1):
-    k = _pair(kernel)
-    s = k if stride is None or (not isinstance(stride, int) and len(stride) == 0) else _pair(stride)
-    return maxpool_unroute_op(grad, codes, _pair(input_hw), k, s, _pair(padding), _pair(dilation))
+    k, s = _window(kernel, stride)
+    return maxpool_unroute_op(grad, codes, pair(input_hw), k, s, pair(padding), pair(dilation))

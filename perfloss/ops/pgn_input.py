@@ -1,60 +1,46 @@
-"""Op ``perfloss::pgn_input``: a PGN's input stage in one pass.
+"""perfloss::pgn_input — a PGN's input stage in one pass.
 
     x = cat([y_hat, y], dim=1) * scale[c] + shift[c]      ->  (N, 2C, H, W), channels_last, out_dtype
 
 ``scale``/``shift`` (2C values) carry the range mapping and ImageNet normalisation; the inference
 copy folds those into its first convolution and passes the identity, so the op is then the
-concatenation and the channels_last layout change, fused. Implementations: ``triton`` (CUDA; CPU only
-when forced with ``PERFLOSS_IMPL=triton`` and ``TRITON_INTERPRET=1``) and ``reference`` (plain PyTorch).
+concatenation and the channels_last layout change, fused.
+
+Implementations: :func:`pgn_input_reference` (below) and Triton ``kernels/pgn_input.py`` (CUDA);
+see :mod:`perfloss.ops.library`.
 """
 import torch
 
-from . import dispatch
+from perfloss.ops import library
 
-OP = "pgn_input"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
-@dispatch.register(OP, "triton", ("cuda", "cpu"))
-def _pgn_input_triton(y_hat, y, scale, shift, out_dtype):
-    from perfloss.kernels.pgn_input import pgn_input as kernel
-
-    return kernel(y_hat, y, scale, shift, out_dtype)
+OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
-@dispatch.register(OP, "reference", ("cpu", "cuda"))
-def _pgn_input_reference(y_hat, y, scale, shift, out_dtype):
+def pgn_input_reference(y_hat: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                        out_dtype: torch.dtype) -> torch.Tensor:
     x = torch.cat([y_hat, y], dim=1).float()
     x = x * scale.to(x.device, torch.float32).view(1, -1, 1, 1) + shift.to(x.device, torch.float32).view(1, -1, 1, 1)
     return x.to(out_dtype).contiguous(memory_format=torch.channels_last)
 
 
-def _check(y_hat, y, scale, shift, out_dtype):
-    if y_hat.dim() != 4 or y.shape != y_hat.shape:
-        raise ValueError(f"y_hat and y must be (N, C, H, W) of one shape, got {tuple(y_hat.shape)} and {tuple(y.shape)}")
-    c2 = 2 * y_hat.shape[1]
-    if scale.shape != (c2,) or shift.shape != (c2,):
-        raise ValueError(f"scale and shift must have shape ({c2},), got {tuple(scale.shape)} and {tuple(shift.shape)}")
-    if out_dtype not in _DTYPES:
-        raise ValueError(f"out_dtype must be one of {sorted(_DTYPES)}, got {out_dtype!r}")
-
-
-@torch.library.custom_op("perfloss::pgn_input", mutates_args=())
-def pgn_input_op(y_hat: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
-                 out_dtype: str) -> torch.Tensor:
-    _check(y_hat, y, scale, shift, out_dtype)
-    return dispatch.call(OP, y_hat, y, scale, shift, _DTYPES[out_dtype])
+pgn_input_op = library.define("pgn_input", pgn_input_reference,
+                              triton=library.triton_kernel("pgn_input", "pgn_input"))
 
 
 @pgn_input_op.register_fake
 def _(y_hat, y, scale, shift, out_dtype):
-    _check(y_hat, y, scale, shift, out_dtype)
     n, c, h, w = y_hat.shape
-    return torch.empty((n, 2 * c, h, w), dtype=_DTYPES[out_dtype], device=y_hat.device,
-                       memory_format=torch.channels_last)
+    return torch.empty((n, 2 * c, h, w), dtype=out_dtype, device=y_hat.device, memory_format=torch.channels_last)
 
 
 def pgn_input(y_hat: torch.Tensor, y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
               out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The fused input stage; see the module docstring."""
-    return pgn_input_op(y_hat, y, scale, shift, str(out_dtype).replace("torch.", ""))
+    if y_hat.dim() != 4 or y.shape != y_hat.shape:
+        raise ValueError(f"y_hat and y must be (N, C, H, W) of one shape, got {tuple(y_hat.shape)} and {tuple(y.shape)}")
+    c2 = 2 * y_hat.shape[1]
+    if scale.shape != (c2,) or shift.shape != (c2,):
+        raise ValueError(f"scale and shift must have shape ({c2},), got {tuple(scale.shape)} and {tuple(shift.shape)}")
+    if out_dtype not in OUT_DTYPES:
+        raise ValueError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype!r}")
+    return pgn_input_op(y_hat, y, scale, shift, out_dtype)

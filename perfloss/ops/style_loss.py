@@ -4,39 +4,27 @@ value_b = sum_ij (G_b - T_b)_ij^2 with G = F F^T / (C H W) (Johnson et al.), and
 ``compute_grad`` the gradient 2 (D + D^T) F / (C H W), D = G - T, in the same launch sequence, so
 autograd and the lean engine keep that gradient and nothing else. The target Gram T is (B, C, C)
 or (1, C, C) (one style image for the whole batch); it can be computed once and cached.
+
+Implementations: :func:`style_loss_reference` (below), C++ ``csrc/style_loss.cpp`` (CPU), Triton
+``kernels/style_loss.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """
 from typing import Tuple
 
 import torch
 
-from perfloss.ops import dispatch
+from perfloss.inputs import reduce
+from perfloss.kernels.common import acc_dtype
+from perfloss.ops import library
 from perfloss.ops.common import (
-    check_features, empty_grad, fake_values_and_grad, laid_out_like, reduce,
-    register_fused_grad_autograd, value_dtype,
+    check_features, empty_grad, fake_values_and_grad, laid_out_like, register_fused_grad_autograd,
 )
 from perfloss.ops.gram import gram, gram_formula
 
 
-# Implementations (dispatch.PREFERENCE picks among them; backend_info() shows which runs).
-_native = dispatch.native_op("style_loss_kernel")
-if _native is not None:
-
-    @dispatch.register("style_loss", "cpp", ("cpu",))
-    def _cpp(features, target_gram, compute_grad):
-        return _native(features, target_gram, compute_grad)
-
-
-@dispatch.register("style_loss", "triton", ("cuda", "cpu"))
-def _triton(features, target_gram, compute_grad):
-    from perfloss.kernels.style_loss import style_loss as kernel
-
-    return kernel(features, target_gram, compute_grad)
-
-
-@dispatch.register("style_loss", "reference", ("cpu", "cuda"))
-def _reference(features, target_gram, compute_grad):
+def style_loss_reference(features: torch.Tensor, target_gram: torch.Tensor,
+                         compute_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     b, c, h, w = features.shape
-    acc = value_dtype(features.dtype)
+    acc = acc_dtype(features.dtype)
     diff = gram_formula(features, True) - target_gram.to(acc)
     values = diff.square().sum(dim=(1, 2))
     if not compute_grad:
@@ -46,9 +34,7 @@ def _reference(features, target_gram, compute_grad):
     return values, laid_out_like(features, grad.reshape(features.shape).to(features.dtype))
 
 
-@torch.library.custom_op("perfloss::style_loss", mutates_args=())
-def style_loss_op(features: torch.Tensor, target_gram: torch.Tensor, compute_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    return dispatch.call("style_loss", features, target_gram, compute_grad)
+style_loss_op = library.define("style_loss", style_loss_reference, triton=library.triton_kernel("style_loss", "style_loss"))
 
 
 @style_loss_op.register_fake
@@ -84,7 +70,7 @@ def style_loss(features, target_gram, reduction="mean"):
     """
     check_args(features, target_gram)
     if torch.is_grad_enabled() and target_gram.requires_grad:
-        acc = value_dtype(features.dtype)
+        acc = acc_dtype(features.dtype)
         return reduce((gram(features).to(acc) - target_gram.to(acc)).square().sum(dim=(1, 2)), reduction)
     wants_grad = torch.is_grad_enabled() and features.requires_grad
     values, _ = style_loss_op(features, target_gram.expand(features.shape[0], -1, -1), wants_grad)

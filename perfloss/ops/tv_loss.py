@@ -2,39 +2,26 @@
 
 value_b = mean |x[h+1] - x[h]| + mean |x[w+1] - x[w]| (``l1``) or the same with squares (``l2``),
 each mean taken over that direction's C*(H-1)*W or C*H*(W-1) differences.
+
+Implementations: :func:`tv_loss_reference` (below), C++ ``csrc/tv_loss.cpp`` (CPU), Triton
+``kernels/tv_loss.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """
 from typing import Tuple
 
 import torch
 
-from perfloss.ops import dispatch
+from perfloss.inputs import reduce
+from perfloss.kernels.common import acc_dtype
+from perfloss.ops import library
 from perfloss.ops.common import (
-    check_features, empty_grad, fake_values_and_grad, laid_out_like, reduce,
-    register_fused_grad_autograd, value_dtype,
+    check_features, empty_grad, fake_values_and_grad, laid_out_like, register_fused_grad_autograd,
 )
 
 KINDS = ("l1", "l2")
 
 
-# Implementations (dispatch.PREFERENCE picks among them; backend_info() shows which runs).
-_native = dispatch.native_op("tv_loss_kernel")
-if _native is not None:
-
-    @dispatch.register("tv_loss", "cpp", ("cpu",))
-    def _cpp(x, kind, compute_grad):
-        return _native(x, kind, compute_grad)
-
-
-@dispatch.register("tv_loss", "triton", ("cuda", "cpu"))
-def _triton(x, kind, compute_grad):
-    from perfloss.kernels.tv_loss import tv_loss as kernel
-
-    return kernel(x, kind, compute_grad)
-
-
-@dispatch.register("tv_loss", "reference", ("cpu", "cuda"))
-def _reference(x, kind, compute_grad):
-    a = x.to(value_dtype(x.dtype))
+def tv_loss_reference(x: torch.Tensor, kind: str, compute_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    a = x.to(acc_dtype(x.dtype))
     dh = a[:, :, 1:, :] - a[:, :, :-1, :]
     dw = a[:, :, :, 1:] - a[:, :, :, :-1]
     if kind == "l1":
@@ -53,9 +40,7 @@ def _reference(x, kind, compute_grad):
     return values, laid_out_like(x, grad.to(x.dtype))
 
 
-@torch.library.custom_op("perfloss::tv_loss", mutates_args=())
-def tv_loss_op(x: torch.Tensor, kind: str, compute_grad: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    return dispatch.call("tv_loss", x, kind, compute_grad)
+tv_loss_op = library.define("tv_loss", tv_loss_reference, triton=library.triton_kernel("tv_loss", "tv_loss"))
 
 
 @tv_loss_op.register_fake

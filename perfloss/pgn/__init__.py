@@ -5,8 +5,8 @@
 - :class:`ProxyTargetLoss`: drop-in loss module whose backward sends the PGN gradient into y_hat;
 - :class:`PGNTrainer`: distils a teacher loss into a PGN;
 - :func:`visualize`: a PNG grid of y_hat, y, proxy, predicted and true gradient;
-- :func:`fold` / ``pgn.inference()``: the fast eval-only copy (folded BatchNorm, channels_last,
-  optional bf16 and CUDA graphs, fused ops ``perfloss::pgn_input`` and ``perfloss::pgn_head``).
+- :func:`fold`: the fast eval-only copy :class:`InferencePGN` (folded BatchNorm, channels_last,
+  optional bf16 and CUDA graphs, fused ops ``perfloss::pgn_input`` and ``perfloss::pgn_output``).
 
 The ``perfloss pgn-train`` command is registered by :func:`perfloss.pgn.cli.add_parser`.
 """

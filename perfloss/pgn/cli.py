@@ -6,7 +6,7 @@ import os
 import torch
 
 from .networks import ARCHS
-from .heads import HEADS
+from .outputs import OUTPUTS
 
 
 def build_teacher(spec: str, weights, input_range=(0.0, 1.0), engine=None):
@@ -48,7 +48,7 @@ def run(args) -> int:
         except ValueError:
             print(f"pgn-train: --grad-scale must be a number or 'auto', got {grad_scale!r}")
             return 2
-    pgn = PerceptualGradientNetwork(args.arch, head=args.head, grad_scale=grad_scale)
+    pgn = PerceptualGradientNetwork(args.arch, output=args.output, grad_scale=grad_scale)
     if args.resume:
         pgn = PerceptualGradientNetwork.load(args.resume)
     teacher = build_teacher(args.teacher, weights, pgn.input_range, args.teacher_engine)
@@ -92,7 +92,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     src.add_argument("--crop", type=int, default=None, help="random crop size (default: whole images)")
     net = p.add_argument_group("network")
     net.add_argument("--arch", choices=ARCHS, default="resnet4")
-    net.add_argument("--head", choices=HEADS, default="sigmoid")
+    net.add_argument("--output", choices=OUTPUTS, default="sigmoid",
+                     help="how the network's output becomes the proxy image (default sigmoid, the paper's)")
     net.add_argument("--grad-scale", default=None,
                      help="s: a number, 'auto' (calibrated from the teacher on the first batch; recommended for any "
                           "teacher but the paper's ImageNet VGG-19 at 224x224), or unset (the paper's 0.025 ResNet, "

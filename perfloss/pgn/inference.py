@@ -10,9 +10,9 @@
   the concatenation of y_hat and y, written straight into channels_last by the op ``perfloss::pgn_input``
   (one pass; Triton on CUDA);
 - channels_last memory format (the fast layout for oneDNN and cuDNN convolutions);
-- optional bf16/fp16 body (``dtype``); the head still computes in fp32 and returns y_hat's dtype;
-- the fused head op ``perfloss::pgn_head`` (sigmoid head: sigmoid, de-normalise, proxy, gradient in
-  one kernel; Triton on CUDA);
+- optional bf16/fp16 body (``dtype``); the output still computes in fp32 and returns y_hat's dtype;
+- the fused output op ``perfloss::pgn_output`` (sigmoid output: sigmoid, de-normalise, proxy, gradient
+  in one kernel; Triton on CUDA);
 - optional CUDA graphs (``cuda_graph=True``; one graph per input shape/dtype, outputs cloned from the
   static buffers). The CUDA graph path is guarded and has NOT been run on a GPU in this checkout.
 """
@@ -23,10 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from perfloss.ops.pgn_head import pgn_head
 from perfloss.ops.pgn_input import pgn_input
+from perfloss.ops.pgn_output import pgn_output
 
-from .heads import apply_head, grad_coefficient, sigmoid_offsets
+from .outputs import apply_output, grad_coefficient, sigmoid_offsets
 from .model import PerceptualGradientNetwork, check_images
 from .networks import ConvBNAct
 
@@ -87,17 +87,17 @@ class InferencePGN(nn.Module):
     """Eval-only PGN; ``forward(y_hat, y) -> (proxy, grad)`` without autograd. Built by :func:`fold`."""
 
     def __init__(self, body: nn.Module, config: dict, dtype: Optional[torch.dtype], channels_last: bool,
-                 cuda_graph: bool, fused_head: bool):
+                 cuda_graph: bool, fused_output: bool):
         super().__init__()
         self.body = body
         self.config = dict(config)
-        self.head = config["head"]
+        self.output = config["output"]
         self.grad_scale = config["grad_scale"]
         self.input_range = tuple(config["input_range"])
         self.dtype = dtype
         self.channels_last = channels_last
         self.cuda_graph = cuda_graph
-        self.fused_head = fused_head and self.head == "sigmoid"
+        self.fused_output = fused_output and self.output == "sigmoid"
         lo, hi = self.input_range
         gain, offset = sigmoid_offsets(lo, hi - lo)
         self.gain = gain
@@ -120,10 +120,10 @@ class InferencePGN(nn.Module):
             x = torch.cat([y_hat, y], dim=1).to(body_dtype)
         out = self.body(x)
         lo, hi = self.input_range
-        if self.fused_head:
+        if self.fused_output:
             coef = grad_coefficient(y_hat.shape, self.grad_scale)
-            return pgn_head(out, y_hat, self.offset, self.gain, coef)
-        return apply_head(self.head, out.to(y_hat.dtype), y_hat, lo, hi - lo, self.grad_scale)
+            return pgn_output(out, y_hat, self.offset, self.gain, coef)
+        return apply_output(self.output, out.to(y_hat.dtype), y_hat, lo, hi - lo, self.grad_scale)
 
     def _run_graphed(self, y_hat, y):
         key = (tuple(y_hat.shape), y_hat.dtype, y_hat.device)
@@ -156,10 +156,12 @@ class InferencePGN(nn.Module):
 
 
 def fold(pgn: PerceptualGradientNetwork, dtype: Optional[torch.dtype] = None, channels_last: bool = True,
-         cuda_graph: bool = False, fused_head: bool = True) -> InferencePGN:
+         cuda_graph: bool = False, fused_output: bool = True) -> InferencePGN:
     """Eval-only copy of ``pgn`` with BatchNorm and input normalisation folded (see module docstring)."""
     if not isinstance(pgn, PerceptualGradientNetwork):
         raise TypeError(f"pgn must be a PerceptualGradientNetwork, got {type(pgn).__name__}")
+    if not pgn.calibrated:
+        raise RuntimeError("grad_scale='auto' is not calibrated yet: train or calibrate_grad_scale() first")
     if dtype is not None and dtype not in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         raise ValueError(f"dtype must be a floating dtype or None, got {dtype}")
     body = copy.deepcopy(pgn.body).eval()
@@ -177,4 +179,4 @@ def fold(pgn: PerceptualGradientNetwork, dtype: Optional[torch.dtype] = None, ch
         body = body.to(dtype)
     if channels_last:
         body = body.to(memory_format=torch.channels_last)
-    return InferencePGN(body, pgn.config(), dtype, channels_last, cuda_graph, fused_head).eval()
+    return InferencePGN(body, pgn.config(), dtype, channels_last, cuda_graph, fused_output).eval()

@@ -2,7 +2,7 @@
 import torch
 import torch.nn as nn
 
-from perfloss.ops.common import REDUCTIONS, reduce
+from perfloss.inputs import REDUCTIONS, reduce
 
 from .model import check_images
 

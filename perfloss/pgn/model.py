@@ -5,10 +5,9 @@ from typing import Optional, Tuple, Union
 import torch
 import torch.nn as nn
 
-from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD
-from perfloss.ops.common import check_same
+from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD, check_same
 
-from .heads import HEADS, apply_head, calibrate_grad_scale
+from .outputs import OUTPUTS, apply_output, calibrate_grad_scale
 from .networks import ARCHS, build_body
 
 CHECKPOINT_FORMAT = "perfloss.pgn"
@@ -33,28 +32,30 @@ class PerceptualGradientNetwork(nn.Module):
 
     Args:
         arch: ``"resnet4" | "resnet6" | "resnet8" | "unet"`` (see :mod:`perfloss.pgn.networks`).
-        head: ``"sigmoid"`` (default; p = 1.1 * normalize(sigmoid(out))), ``"raw"`` (p = out) or
-            ``"direct"`` (the network predicts y_hat - p); see :mod:`perfloss.pgn.heads`.
+        output: how the network's output becomes the proxy p: ``"sigmoid"`` (default;
+            p = 1.1 * normalize(sigmoid(out))), ``"raw"`` (p = out) or ``"direct"`` (the network predicts
+            y_hat - p); see :mod:`perfloss.pgn.outputs`.
         grad_scale: s in g = 2 (y_hat - p) / (C H W s). ``None`` (default): the paper's fixed s, 0.025 for
             ResNets, 0.048 for the UNet (calibrated by the paper for an ImageNet VGG-19 at 224x224); a
             number: that s; ``"auto"``: calibrated once from the teacher by :meth:`calibrate_grad_scale`
             (:class:`~perfloss.pgn.PGNTrainer` does it on its first batch), so that the proxy gradient's
             scale matches the teacher's. Until calibrated, ``forward`` raises. A deviation from the paper,
             recommended for any other teacher (weights, distance, image size): see
-            :func:`perfloss.pgn.heads.calibrate_grad_scale`. Once calibrated, s is a plain number (saved
+            :func:`perfloss.pgn.outputs.calibrate_grad_scale`. Once calibrated, s is a plain number (saved
             as such in checkpoints and in ``config()``).
         input_range: the range of the images, ``(0, 1)`` or ``(-1, 1)`` (any lo < hi).
 
     ``forward(y_hat, y)`` returns ``(proxy, grad)``, both of y_hat's shape, in y_hat's range and dtype.
+    :func:`perfloss.pgn.fold` makes the fast eval-only copy.
     """
 
-    def __init__(self, arch: str = "resnet4", head: str = "sigmoid", grad_scale: Union[None, float, str] = None,
+    def __init__(self, arch: str = "resnet4", output: str = "sigmoid", grad_scale: Union[None, float, str] = None,
                  input_range: Tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         if grad_scale is None:
             grad_scale = DEFAULT_GRAD_SCALE[arch]
         if grad_scale != "auto" and (not isinstance(grad_scale, (int, float)) or isinstance(grad_scale, bool)
@@ -63,7 +64,7 @@ class PerceptualGradientNetwork(nn.Module):
         lo, hi = (float(v) for v in input_range)
         if not hi > lo:
             raise ValueError(f"input_range must be (lo, hi) with lo < hi, got {input_range!r}")
-        self.arch, self.head = arch, head
+        self.arch, self.output = arch, output
         # None until calibrated when grad_scale == "auto"
         self.grad_scale: Optional[float] = None if grad_scale == "auto" else float(grad_scale)
         self.grad_scale_mode = "auto" if grad_scale == "auto" else "fixed"
@@ -77,7 +78,7 @@ class PerceptualGradientNetwork(nn.Module):
 
     # -- configuration and checkpoints ------------------------------------------------------------
     def config(self) -> dict:
-        return {"arch": self.arch, "head": self.head,
+        return {"arch": self.arch, "output": self.output,
                 "grad_scale": "auto" if self.grad_scale is None else self.grad_scale,
                 "input_range": list(self.input_range)}
 
@@ -88,7 +89,7 @@ class PerceptualGradientNetwork(nn.Module):
 
     def calibrate_grad_scale(self, y_hat: torch.Tensor, y: torch.Tensor, g_true: torch.Tensor) -> float:
         """Set s from a batch of generated images, targets and the teacher's per-sample gradients
-        (:func:`perfloss.pgn.heads.calibrate_grad_scale`); returns the new s. Works for any PGN (it
+        (:func:`perfloss.pgn.outputs.calibrate_grad_scale`); returns the new s. Works for any PGN (it
         overrides a fixed s too); the result is stored as a plain number."""
         check_images(y_hat, y)
         self.grad_scale = calibrate_grad_scale(y_hat, y, g_true)
@@ -111,6 +112,8 @@ class PerceptualGradientNetwork(nn.Module):
         if ckpt.get("version") != CHECKPOINT_VERSION:
             raise ValueError(f"{path}: unsupported PGN checkpoint version {ckpt.get('version')!r}")
         cfg = dict(ckpt["config"])
+        if "head" in cfg:  # checkpoints written before "head" was renamed "output"
+            cfg["output"] = cfg.pop("head")
         cfg["input_range"] = tuple(cfg["input_range"])
         net = cls(**cfg)
         net.load_state_dict(ckpt["state_dict"])  # strict: key mismatches are errors
@@ -129,12 +132,4 @@ class PerceptualGradientNetwork(nn.Module):
                                "g_true) first (PGNTrainer does this on its first batch)")
         out = self.body(self.normalize_input(y_hat, y))
         lo, hi = self.input_range
-        return apply_head(self.head, out, y_hat, lo, hi - lo, self.grad_scale)
-
-    def inference(self, dtype: Optional[torch.dtype] = None, channels_last: bool = True,
-                  cuda_graph: bool = False, fused_head: bool = True):
-        """An eval-only copy with BatchNorm folded into the convs; see :func:`perfloss.pgn.inference.fold`."""
-        from .inference import fold
-        if self.grad_scale is None:
-            raise RuntimeError("grad_scale='auto' is not calibrated yet: train or calibrate_grad_scale() first")
-        return fold(self, dtype=dtype, channels_last=channels_last, cuda_graph=cuda_graph, fused_head=fused_head)
+        return apply_output(self.output, out, y_hat, lo, hi - lo, self.grad_scale)

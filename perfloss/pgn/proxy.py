@@ -14,7 +14,7 @@ from typing import Union
 
 import torch
 
-from perfloss.ops.common import REDUCTIONS, check_same, reduce
+from perfloss.inputs import REDUCTIONS, check_same, reduce
 
 
 

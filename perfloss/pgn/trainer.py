@@ -73,7 +73,7 @@ class PGNTrainer:
     A PGN built with ``grad_scale="auto"`` is calibrated at construction on the first training batch
     run through every online generator (``calibration`` records s and the norms; the batch is then
     trained on as usual): s = 2 ||y_hat - y|| / (C H W ||g_true||), so that the proxy gradient's scale
-    matches this teacher's (:func:`perfloss.pgn.heads.calibrate_grad_scale`). With the paper's fixed
+    matches this teacher's (:func:`perfloss.pgn.outputs.calibrate_grad_scale`). With the paper's fixed
     s = 0.025 and a teacher whose gradients are much smaller than the ImageNet VGG-19's at 224x224, the
     gradient MSE is minimised by p -> y_hat (g -> 0) long before directions are learnt.
 

@@ -1,6 +1,6 @@
-"""GPU benchmark of the fused loss heads (run on the device; needs CUDA, Triton and the package).
+"""GPU benchmark of the loss ops gram, style_loss, feature_distance and tv_loss (run on the device).
 
-    PERFLOSS_TEST_GPU=1 python benchmarks/heads_gpu.py [--quick] [--out benchmarks/results]
+    PERFLOSS_TEST_GPU=1 python benchmarks/loss_ops_gpu.py [--quick] [--out benchmarks/results]
 
 Side by side in one run, every time the median of triton.testing.do_bench (L2 flushed between
 runs): the fused op (Triton, or what PERFLOSS_IMPL forces), the eager PyTorch formula, the same
@@ -12,7 +12,7 @@ formula under torch.compile, and for Gram also torch.bmm alone. Cases follow iss
   backward (torch.cuda.memory_allocated after forward minus before);
 - mse / l1 heads forward + backward against a plain elementwise op moving the same bytes
   (read f0 and f1, write one tensor), and tv_loss on images.
-Writes heads_gpu_<device>.json and .csv (device name, torch / triton / CUDA versions, date, TF32).
+Writes loss_ops_gpu_<device>.json and .csv (device name, torch / triton / CUDA versions, date, TF32).
 """
 import argparse
 import csv
@@ -220,9 +220,9 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=["gram", "style", "lpips", "elementwise"])
     args = parser.parse_args(argv)
     if triton is None or not torch.cuda.is_available():
-        print("heads_gpu.py needs a CUDA device and triton; nothing to do here.", file=sys.stderr)
+        print("loss_ops_gpu.py needs a CUDA device and triton; nothing to do here.", file=sys.stderr)
         return 2
-    import perfloss.ops.dispatch as dispatch
+    import perfloss
 
     dev = torch.device("cuda")
     rows = []
@@ -234,11 +234,11 @@ def main(argv=None):
         "device": torch.cuda.get_device_name(dev),
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
         "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-        "backends": dispatch.backend_info(),
+        "backends": perfloss.backend_info(),
         "timing": "triton.testing.do_bench median (L2 flushed), ms; x/fused = speedup of fused over x",
     }
     os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, "heads_gpu_" + meta["device"].replace(" ", "_").replace("/", "_"))
+    stem = os.path.join(args.out, "loss_ops_gpu_" + meta["device"].replace(" ", "_").replace("/", "_"))
     with open(stem + ".json", "w") as fh:
         json.dump({"meta": meta, "rows": rows}, fh, indent=1, default=str)
     fields = sorted({k for r in rows for k in r}, key=lambda k: (k not in ("case", "shape", "dtype"), k))

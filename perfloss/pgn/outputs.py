@@ -1,4 +1,5 @@
-"""Heads of a perceptual gradient network: network output -> (proxy image, predicted gradient).
+"""Outputs of a perceptual gradient network: how the network's output parameterises (proxy image,
+predicted gradient).
 
 Spaces. The user's images live in ``input_range`` (lo, hi); the network sees them mapped to [0, 1]
 and ImageNet-normalised. Nikulin et al. write the default proxy as ``p = 1.1 * normalize(sigmoid(out))``
@@ -17,7 +18,7 @@ user's space (the space of the generator's output and of the teacher's gradient)
 the gradient of (1 / (C H W s)) * ||y_hat - sg(p)||^2. (The paper's g lives in normalised space; the
 per-channel std only rescales s, to which the paper reports insensitivity within an order of magnitude.)
 
-Other heads (as in the reference code): ``raw``: p01 = out; ``direct``: the network predicts
+Other outputs (as in the reference code): ``raw``: p01 = out; ``direct``: the network predicts
 y_hat - p directly, p01 = y_hat01 - out / 512.
 """
 from typing import Tuple
@@ -26,7 +27,7 @@ import torch
 
 from perfloss.inputs import IMAGENET_MEAN
 
-HEADS = ("sigmoid", "raw", "direct")
+OUTPUTS = ("sigmoid", "raw", "direct")
 SIGMOID_GAIN = 1.1
 DIRECT_SCALE = 512.0
 
@@ -63,26 +64,26 @@ def calibrate_grad_scale(y_hat: torch.Tensor, y: torch.Tensor, g_true: torch.Ten
 def sigmoid_offsets(lo: float, span: float, channels: int = 3) -> Tuple[float, torch.Tensor]:
     """(gain, offset[c]) with p = gain * sigmoid(out) + offset[c] in the user's range."""
     if channels != len(IMAGENET_MEAN):
-        raise ValueError(f"the sigmoid head needs {len(IMAGENET_MEAN)} channels, got {channels}")
+        raise ValueError(f"the sigmoid output needs {len(IMAGENET_MEAN)} channels, got {channels}")
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32)
     gain = SIGMOID_GAIN * span
     offset = lo - span * (SIGMOID_GAIN - 1.0) * mean
     return gain, offset
 
 
-def apply_head(head: str, out: torch.Tensor, y_hat: torch.Tensor, lo: float, span: float,
+def apply_output(output: str, out: torch.Tensor, y_hat: torch.Tensor, lo: float, span: float,
                grad_scale: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable (plain PyTorch) head: returns (proxy, grad) in the user's range and dtype."""
+    """Differentiable (plain PyTorch) output: returns (proxy, grad) in the user's range and dtype."""
     out = out.to(y_hat.dtype)
     coef = grad_coefficient(y_hat.shape, grad_scale)
-    if head == "sigmoid":
+    if output == "sigmoid":
         gain, offset = sigmoid_offsets(lo, span, out.shape[1])
         proxy = gain * torch.sigmoid(out) + offset.to(out.device, out.dtype).view(1, -1, 1, 1)
-    elif head == "raw":
+    elif output == "raw":
         proxy = lo + span * out
-    elif head == "direct":
+    elif output == "direct":
         proxy = y_hat - span * out / DIRECT_SCALE
     else:
-        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
     grad = coef * (y_hat - proxy)
     return proxy, grad

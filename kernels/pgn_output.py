@@ -1,4 +1,4 @@
-"""Triton kernel for the perceptual-gradient-network head (op ``perfloss::pgn_head``).
+"""Triton kernel for the sigmoid output of a perceptual gradient network (op ``perfloss::pgn_output``).
 
 One pass over the network output ``out`` and the generated image ``y_hat``:
 
@@ -10,14 +10,18 @@ dtype (fp32, fp16 or bf16) and converted to fp32 before any arithmetic; outputs 
 dtype of ``proxy``/``grad`` (y_hat's dtype). NCHW-contiguous and channels_last layouts are both
 handled (only the channel index differs).
 """
+from typing import Tuple
+
 import torch
 import triton
 import triton.language as tl
 
+from perfloss.kernels.common import interpreting, memory_format_of, work_channels_last
+
 
 @triton.jit
-def _pgn_head_kernel(out_ptr, y_ptr, offset_ptr, proxy_ptr, grad_ptr, n_elements, channels, hw,
-                     gain, coef, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
+def _pgn_output_kernel(out_ptr, y_ptr, offset_ptr, proxy_ptr, grad_ptr, n_elements, channels, hw,
+                       gain, coef, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     idx = pid * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = idx < n_elements
@@ -34,11 +38,13 @@ def _pgn_head_kernel(out_ptr, y_ptr, offset_ptr, proxy_ptr, grad_ptr, n_elements
     tl.store(grad_ptr + idx, g.to(grad_ptr.dtype.element_ty), mask=mask)
 
 
-def pgn_head(out: torch.Tensor, y_hat: torch.Tensor, offset: torch.Tensor, gain: float, coef: float):
-    """Launch the kernel; returns (proxy, grad) in y_hat's dtype and out's memory format."""
+def pgn_output(out: torch.Tensor, y_hat: torch.Tensor, offset: torch.Tensor, gain: float,
+               coef: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Launch the kernel; returns (proxy, grad) in y_hat's dtype and out's working layout."""
     n, c, h, w = out.shape
-    channels_last = (not out.is_contiguous()) and out.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    channels_last = work_channels_last(out)
+    # one layout for all four tensors, so one flat index addresses the same element in each
+    fmt = memory_format_of(channels_last)
     out = out.contiguous(memory_format=fmt)
     y_hat = y_hat.contiguous(memory_format=fmt)
     offset = offset.to(device=out.device, dtype=torch.float32).contiguous()
@@ -47,8 +53,8 @@ def pgn_head(out: torch.Tensor, y_hat: torch.Tensor, offset: torch.Tensor, gain:
     numel = out.numel()
     if numel == 0:
         return proxy, grad
-    block = 1024 if out.is_cuda else 8192  # the CPU interpreter pays per program: fewer, larger blocks
+    block = 8192 if interpreting() else 1024  # the interpreter pays per program: fewer, larger blocks
     grid = (triton.cdiv(numel, block),)
-    _pgn_head_kernel[grid](out, y_hat, offset, proxy, grad, numel, c, h * w, float(gain), float(coef),
-                           CHANNELS_LAST=channels_last, BLOCK=block)
+    _pgn_output_kernel[grid](out, y_hat, offset, proxy, grad, numel, c, h * w, float(gain), float(coef),
+                             CHANNELS_LAST=channels_last, BLOCK=block)
     return proxy, grad

@@ -1,13 +1,9 @@
-// Helpers shared by the loss-head CPU kernels (gram, style_loss, feature_distance, tv_loss).
+// Helpers shared by the CPU kernels of the loss ops (gram, style_loss, feature_distance, tv_loss).
 #pragma once
 
-#include <ATen/ATen.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
-#include <torch/library.h>
+#include "common.h"
 
 #include <algorithm>
-#include <cstdint>
 #include <vector>
 
 // Hot loops get AVX-512 / AVX2 clones picked at load time by CPU features (GCC function
@@ -19,29 +15,13 @@
 #endif
 
 namespace perfloss {
-namespace heads {
-
-// The dense layout a kernel works in: NCHW-contiguous or channels_last (NHWC).
-inline bool work_channels_last(const at::Tensor& x) {
-  if (x.is_contiguous()) return false;
-  if (x.is_contiguous(at::MemoryFormat::ChannelsLast)) return true;
-  return x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
-}
-
-inline at::MemoryFormat fmt_of(bool channels_last) {
-  return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-}
+namespace loss {
 
 inline void check_features(const at::Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 4, name, " must be a 4-D (B, C, H, W) tensor, got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), name, " must be floating point, got ", x.scalar_type());
   TORCH_CHECK(x.numel() > 0, name, " must not be empty");
   TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor");
-}
-
-// The dtype loss values are returned in (float32, float64 for float64 inputs).
-inline at::ScalarType value_type(at::ScalarType t) {
-  return t == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 // A gradient tensor laid out exactly as torch.empty_like(like) (what the fake kernels return), and the
@@ -55,10 +35,10 @@ struct GradOut {
 inline GradOut make_grad(const at::Tensor& like, bool channels_last) {
   GradOut g;
   g.out = at::empty_like(like);
-  if (g.out.is_contiguous(fmt_of(channels_last))) {
+  if (g.out.is_contiguous(memory_format_of(channels_last))) {
     g.work = g.out;
   } else {
-    g.work = at::empty(like.sizes(), like.options().memory_format(fmt_of(channels_last)));
+    g.work = at::empty(like.sizes(), like.options().memory_format(memory_format_of(channels_last)));
   }
   return g;
 }
@@ -81,8 +61,6 @@ inline void reduce_partials(const std::vector<acc_t>& partials, int64_t batch, i
     }
   });
 }
-
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 
 // ---- Gram machinery (shared by gram.cpp and style_loss.cpp) ------------------------------------
@@ -182,5 +160,5 @@ std::vector<acc_t> gram_full(const scalar_t* x, bool channels_last, int64_t B, i
   return out;
 }
 
-}  // namespace heads
+}  // namespace loss
 }  // namespace perfloss

@@ -1,9 +1,9 @@
-"""The loss-head Triton kernels compile for the GPU (sm_90 PTX) on a machine without one.
+"""The loss ops' Triton kernels compile for the GPU (sm_90 PTX) on a machine without one.
 
 The interpreter runs the kernels' logic on CPU but accepts things the GPU compiler rejects (dot
 shapes and dtypes, constexpr branches, type promotion); this compiles every kernel variant the
 launchers can pick, in a subprocess without TRITON_INTERPRET (tests/conftest.py sets it here).
-Run directly for another architecture: python tests/test_ops_heads_aot.py 80
+Run directly for another architecture: python tests/test_triton_compile.py 80
 """
 import os
 import subprocess
@@ -66,7 +66,7 @@ def _cuda_backend_present():
 
 
 @pytest.mark.skipif(not _cuda_backend_present(), reason="triton without its NVIDIA backend")
-def test_triton_head_kernels_compile_for_sm90():
+def test_loss_op_kernels_compile_for_sm90():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "90"], env=env, capture_output=True, text=True,
                           timeout=300)

@@ -1,0 +1,85 @@
+"""perfloss::style_loss in every implementation: values and gradient against float64 autograd through
+the Gram formula written in tests/op_helpers.py."""
+import pytest
+import torch
+
+from op_helpers import (GPU_RTOL, TOL, assert_close, assert_layout_like, case_id, cases, check_running, gpu_cases,
+                        layout, opcheck, rand, ref_gram, ref_style, ref_value_grad)
+from perfloss.ops import library
+from perfloss.ops.style_loss import style_loss, style_loss_op, style_loss_values
+
+
+@pytest.mark.parametrize("case", cases(), ids=case_id)
+def test_style_loss(impl, case):
+    check_running("style_loss", impl)
+    shape, lay, dtype = case
+    x = layout(rand(shape, dtype), lay)
+    target = ref_gram(rand(shape, dtype, seed=1))[:1].float()  # one style image for the batch
+    values, grad = style_loss_values(x, target, compute_grad=True)
+    v_ref, g_ref = ref_value_grad(ref_style, x, target.expand(shape[0], -1, -1))
+    assert values.dtype == torch.float32 and values.shape == (shape[0],)
+    assert_close(values, v_ref, 1e-5 if dtype == torch.float32 else 1e-4)
+    assert_layout_like(grad, x)
+    assert_close(grad, g_ref, TOL[dtype][1])
+    values2, empty = style_loss_values(x, target, compute_grad=False)
+    assert empty.numel() == 0
+    assert_close(values2, v_ref, 1e-5 if dtype == torch.float32 else 1e-4)
+
+
+def test_style_loss_per_sample_target_and_bfloat16(impl):
+    x = rand((3, 5, 4, 3), torch.bfloat16)
+    target = ref_gram(rand((3, 5, 4, 3), torch.float32, seed=2)).to(torch.bfloat16)
+    values, grad = style_loss_values(x, target, compute_grad=True)
+    v_ref, g_ref = ref_value_grad(ref_style, x, target)
+    assert_close(values, v_ref, 1e-3)
+    assert_close(grad, g_ref, TOL[torch.bfloat16][1])
+
+
+def test_gradcheck_float64(impl):
+    shape = (1, 3, 2, 3) if impl == "triton" else (2, 3, 3, 4)
+    x = rand(shape, torch.float64).requires_grad_(True)
+    target = ref_gram(rand(shape, torch.float64, seed=2))
+    assert torch.autograd.gradcheck(lambda x: style_loss(x, target, reduction="none"), (x,), eps=1e-6, atol=1e-5)
+
+
+def test_backward_through_a_values_only_call(impl):
+    """compute_grad=False and then differentiating anyway: backward computes the gradient itself."""
+    x = rand((2, 3, 4, 5), torch.float32).requires_grad_(True)
+    target = ref_gram(rand((2, 3, 4, 5), torch.float32, seed=1)).float()
+    (g,) = torch.autograd.grad(style_loss_op(x, target, False)[0].sum(), x)
+    assert_close(g, ref_value_grad(ref_style, x, target)[1], 1e-5)
+
+
+@pytest.mark.parametrize("compute_grad", (True, False))
+def test_opcheck(impl, compute_grad):
+    x = rand((2, 3, 4, 5), torch.float32).requires_grad_(True)
+    target = ref_gram(rand((2, 3, 4, 5), torch.float32, seed=1)).float()
+    opcheck(style_loss_op, (x, target, compute_grad))
+    cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
+    opcheck(style_loss_op, (cl, target, compute_grad))
+
+
+def test_bad_inputs():
+    x = torch.randn(2, 3, 4, 5)
+    with pytest.raises(ValueError, match="target_gram"):
+        style_loss(x, torch.randn(2, 4, 4))
+    with pytest.raises(ValueError, match="batch"):
+        style_loss(x, torch.randn(3, 3, 3))
+
+
+@pytest.mark.skipif(library.extension_error() is not None, reason="perfloss._C not built")
+def test_cpp_kernel_checks_its_arguments():
+    with pytest.raises(RuntimeError, match="target_gram"):
+        torch.ops.perfloss.style_loss(torch.randn(2, 3, 4, 5), torch.randn(2, 4, 4), False)
+
+
+@gpu_cases
+def test_gpu(shape, dtype, lay):
+    assert library.backend_info()["style_loss"]["cuda"] == "triton"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    x = layout(rand(shape, dtype).cuda(), lay)
+    target = ref_gram(rand(shape, dtype, seed=1)).float()
+    v, g = style_loss_values(x, target.cuda(), compute_grad=True)
+    v_ref, g_ref = ref_value_grad(ref_style, x.cpu(), target)
+    assert_close(v.cpu(), v_ref, 1e-3)
+    assert_close(g.cpu(), g_ref, GPU_RTOL[dtype])
