@@ -30,7 +30,7 @@ ext_modules, cmdclass = _extensions()
 
 setup(
     packages=["perfloss", "perfloss.ops", "perfloss.backbones", "perfloss.losses", "perfloss.engine",
-              "perfloss.pgn",
+              "perfloss.pgn", "perfloss.models",
               "perfloss.kernels"],
     package_dir={"perfloss.kernels": "kernels"},
     ext_modules=ext_modules,

@@ -1,13 +1,14 @@
 """``perfloss bench``: time and memory of a perceptual loss's forward+backward, per engine.
 
 For each loss configuration and engine it reports the median forward+backward time, the memory
-the autograd graph holds for backward (unique storages reachable from the loss), and the peak
-memory of one step (CUDA: peak allocated; CPU: peak resident-set growth, Linux only). Weights are
-random: speed and memory do not depend on their values.
+the autograd graph holds for backward (unique storages reachable from the loss), and the peak of
+one step: the allocator's peak above what was allocated before the step, the same quantity on both
+devices (CUDA: ``max_memory_allocated``; CPU: the running total of the allocator's events, see
+``perfloss.engine.memory.peak_bytes``), measured in a run of its own. Weights are random: speed and
+memory do not depend on their values.
 """
 import argparse
 import csv
-import ctypes
 import json
 import platform
 import statistics
@@ -19,30 +20,30 @@ from typing import Dict, List, Optional
 import torch
 
 import perfloss
-from perfloss.engine.memory import graph_saved_bytes
+from perfloss.engine.memory import graph_saved_bytes, peak_bytes
 
 LOSSES = ("content", "style", "johnson", "l1", "lpips")
 ENGINES = ("eager", "lean", "checkpoint", "compile")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def build_loss(kind: str, backbone: str, layers: Optional[List[str]], engine: str):
-    """The loss module for one configuration; ``compile`` is torch.compile over the eager loss."""
+def build_loss(kind: str, backbone: str, layers: Optional[List[str]], engine: str, chunk_size: Optional[int] = None):
+    """The loss module for one configuration; ``compile`` is torch.compile over the eager loss;
+    ``chunk_size``: the lean engine's (None: from its memory budget)."""
     module_engine = "eager" if engine == "compile" else engine
+    common = dict(weights=None, engine=module_engine, chunk_size=chunk_size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random weights warn; timing does not depend on them
         if kind == "content":
-            loss = perfloss.PerceptualLoss(backbone, layers or ("relu2_2",), weights=None, engine=module_engine)
+            loss = perfloss.PerceptualLoss(backbone, layers or ("relu2_2",), **common)
         elif kind == "l1":
-            loss = perfloss.PerceptualLoss(backbone, layers or ("relu2_2",), distance="l1", weights=None,
-                                           engine=module_engine)
+            loss = perfloss.PerceptualLoss(backbone, layers or ("relu2_2",), distance="l1", **common)
         elif kind == "style":
-            loss = perfloss.StyleLoss(backbone, **({"layers": layers} if layers else {}), weights=None,
-                                      engine=module_engine)
+            loss = perfloss.StyleLoss(backbone, **({"layers": layers} if layers else {}), **common)
         elif kind == "johnson":
-            loss = perfloss.JohnsonLoss(backbone=backbone, weights=None, engine=module_engine)
+            loss = perfloss.JohnsonLoss(backbone=backbone, **common)
         else:
-            loss = perfloss.LPIPS(net="vgg", weights=None, engine=module_engine, normalize=True)
+            loss = perfloss.LPIPS(net="vgg", normalize=True, **common)
     return loss
 
 
@@ -59,29 +60,6 @@ def _loss_inputs(kind, batch, size, device, dtype, loss):
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _rss_peak_reset() -> Optional[int]:
-    """Reset the process's peak RSS (Linux) and return the current RSS in bytes, or None.
-
-    Freed memory that the C allocator kept is handed back first, so the next step's allocations
-    show up as new resident pages instead of reusing pages already counted.
-    """
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _proc_status("VmRSS")
-    except (OSError, AttributeError):
-        return None
-
-
-def _proc_status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise OSError(field)
 
 
 def measure(loss_fn, args, resident, device, repeat: int, warmup: int, walk_graph: bool = True) -> Dict[str, float]:
@@ -114,20 +92,9 @@ def measure(loss_fn, args, resident, device, repeat: int, warmup: int, walk_grap
         args[0].grad = None
         del value
 
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step()
-        _sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-    else:
-        base = _rss_peak_reset()
-        step()
-        peak = None if base is None else _proc_status("VmHWM") - base
+    peak = peak_bytes(step, device=device)[1]
     return {"median_ms": 1e3 * statistics.median(times),
-            "held_for_backward_mb": None if held is None else held / 2**20,
-            "peak_mb": None if peak is None else peak / 2**20}
+            "held_for_backward_mb": None if held is None else held / 2**20, "peak_mb": peak / 2**20}
 
 
 def under_autocast(fn, device_type: str, dtype: torch.dtype):
@@ -149,7 +116,7 @@ def run(args) -> List[Dict]:
     jobs = [(kind, engine) for kind in args.loss for engine in args.engine]
     rows = []
     for kind, engine in tqdm(jobs, desc="perfloss bench", unit="run"):
-        loss = build_loss(kind, args.backbone, layers, engine).to(device, dtype)
+        loss = build_loss(kind, args.backbone, layers, engine, args.chunk_size).to(device, dtype)
         loss_fn = torch.compile(loss) if engine == "compile" else loss
         if args.autocast:
             loss_fn = under_autocast(loss_fn, device.type, DTYPES[args.autocast])
@@ -158,7 +125,8 @@ def run(args) -> List[Dict]:
         result = measure(loss_fn, loss_args, resident, device, args.repeat, args.warmup,
                          walk_graph=engine != "checkpoint")
         rows.append({"loss": kind, "backbone": args.backbone, "engine": engine, "batch": batch, "size": size,
-                     "dtype": args.dtype, "autocast": args.autocast or "", "device": device.type, **result})
+                     "dtype": args.dtype, "autocast": args.autocast or "", "device": device.type,
+                     "chunk_size": args.chunk_size or "auto", **result})
     return rows
 
 
@@ -178,7 +146,8 @@ def environment(device: str) -> Dict[str, str]:
 
 
 def format_table(rows: List[Dict]) -> str:
-    header = f"{'loss':<8} {'engine':<11} {'median ms':>10} {'held MB':>9} {'peak MB':>9} {'time x eager':>13} {'held / eager':>13}"
+    header = (f"{'loss':<8} {'engine':<11} {'median ms':>10} {'held MB':>9} {'peak MB':>9} {'time x eager':>13} "
+              f"{'held / eager':>13} {'peak / eager':>13}")
     lines = [header, "-" * len(header)]
     eager = {r["loss"]: r for r in rows if r["engine"] == "eager"}
     for r in rows:
@@ -187,9 +156,9 @@ def format_table(rows: List[Dict]) -> str:
         held = r["held_for_backward_mb"]
         m_ratio = f"{held / base['held_for_backward_mb']:.3f}" if base and held is not None else "-"
         held = "-" if held is None else f"{held:.1f}"
-        peak = "-" if r["peak_mb"] is None else f"{r['peak_mb']:.1f}"
+        p_ratio = f"{r['peak_mb'] / base['peak_mb']:.3f}" if base else "-"
         lines.append(f"{r['loss']:<8} {r['engine']:<11} {r['median_ms']:>10.1f} {held:>9} "
-                     f"{peak:>9} {t_ratio:>13} {m_ratio:>13}")
+                     f"{r['peak_mb']:>9.1f} {t_ratio:>13} {m_ratio:>13} {p_ratio:>13}")
     if any(r["engine"] == "checkpoint" for r in rows):
         lines.append("checkpoint: held memory not walked (reading its saved tensors would recompute them); see peak")
     return "\n".join(lines)
@@ -207,6 +176,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the loss network and images")
     p.add_argument("--autocast", choices=("bfloat16", "float16"), help="run each step under torch.autocast")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--chunk-size", type=int, help="the lean engine's samples per chunk (default: from its memory budget)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", help="write the results and environment as JSON")

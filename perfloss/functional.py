@@ -1,4 +1,4 @@
-"""Functional forms of perfloss's loss heads, mirroring torch.nn.functional.
+"""Functional forms of perfloss's losses on feature maps and images, mirroring torch.nn.functional.
 
 Each takes feature maps or images (B, C, H, W) and a ``reduction`` ("mean" | "sum" | "none" per
 sample) and runs on the fused ``perfloss::`` ops, whose backward keeps only the gradient.

@@ -31,21 +31,23 @@ import torch
 
 from perfloss.engine.lean_op import lean_values
 from perfloss.engine.plan import Plan
-from perfloss.engine.walk import DOUBLE_BACKWARD_ERROR, Call, backward, forward, prepared_targets
+from perfloss.engine.walk import (DOUBLE_BACKWARD_ERROR, Call, backward, check_chunk_size, chunk_size_for, forward,
+                                  prepared_targets)
 
 
 class LeanLossFunction(torch.autograd.Function):
     """The lean loss for plans with fallback steps, whose autograd graphs cannot cross a custom op."""
 
     @staticmethod
-    def forward(ctx, x, target_x, call, *targets):
-        total, saved, fwd = forward(call, x, target_x, targets, ctx.needs_input_grad[0])
+    def forward(ctx, x, target_x, call, chunk_size, *targets):
+        total, saved, fwd = forward(call, x, target_x, targets, ctx.needs_input_grad[0], chunk_size)
         ctx.save_for_backward(*saved)
         ctx.plan = call.plan
         ctx.fwd = fwd
         ctx.n_targets = len(targets)
         # the fallback steps' autograd graphs, where perfloss.engine.memory's graph walk finds them
-        ctx.fallbacks = [rec.kept for step, rec in zip(call.plan.steps, fwd.steps) if not step.lean]
+        ctx.fallbacks = [rec.kept for chunk in fwd.chunks for step, rec in zip(call.plan.steps, chunk.steps)
+                         if not step.lean]
         return total
 
     @staticmethod
@@ -53,7 +55,7 @@ class LeanLossFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_ERROR)
         gx = backward(ctx.plan, ctx.fwd, ctx.saved_tensors, grad_values)
-        return (gx, None, None) + (None,) * ctx.n_targets
+        return (gx, None, None, None) + (None,) * ctx.n_targets
 
 
 def _targets_list(heads, targets) -> List[torch.Tensor]:
@@ -75,7 +77,8 @@ def _targets_list(heads, targets) -> List[torch.Tensor]:
 
 
 def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Union[Sequence, dict]] = None,
-              target_x: Optional[torch.Tensor] = None, tap_grad_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+              target_x: Optional[torch.Tensor] = None, tap_grad_dtype: Optional[torch.dtype] = None,
+              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
     """Per-sample total loss (B,) = sum over ``heads`` of ``head.values``, with the lean backward.
 
     x: (B, 3, H, W) normalised input. heads: :class:`perfloss.heads.TapHead` list (several may share a
@@ -89,6 +92,12 @@ def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Un
     Targets receive no gradient (they must not require grad). ``tap_grad_dtype`` (e.g.
     torch.bfloat16) stores the full-tensor tap gradients in that dtype: half the memory, gradients
     no longer bit-exact. Differentiable once in ``x`` (no create_graph).
+
+    The batch runs in chunks of ``chunk_size`` samples, forward and backward (its target images with
+    it), so the peak is what is kept for the whole batch plus one chunk's activations and gradients.
+    ``chunk_size=None`` picks the largest chunk whose transients fit ``memory_budget`` bytes
+    (default: ``perfloss.engine.walk.MEMORY_BUDGETS`` for the device). Results equal the unchunked
+    ones (float64 exactly; fp32 to rounding, as convolution algorithms may differ per batch size).
     """
     if (targets is None) == (target_x is None):
         raise ValueError("lean_loss needs exactly one of targets and target_x")
@@ -104,17 +113,20 @@ def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Un
         if target_x.shape[0] not in (1, x.shape[0]) or target_x.shape[1:] != x.shape[1:]:
             raise ValueError(f"target_x must be (B or 1, {', '.join(map(str, x.shape[1:]))}), got {tuple(target_x.shape)}")
         # a single target image stays batch 1: the batch is B + 1 and its features broadcast in the heads
+    check_chunk_size(chunk_size)
+    if chunk_size is None:
+        chunk_size = chunk_size_for(plan, x, memory_budget)
     for p in plan.gm.parameters():
         if p.requires_grad and grad_on:
             raise ValueError("lean_loss: the network must be frozen (requires_grad_(False)); the lean engine "
                              "computes no parameter gradients")
     if grad_on and x.requires_grad and plan.is_lean:  # the custom-op form: no graph break under compile
-        return lean_values(plan, x, heads, tlist, target_x, tap_grad_dtype)
+        return lean_values(plan, x, heads, tlist, target_x, tap_grad_dtype, chunk_size)
     call = Call(plan, heads, tap_grad_dtype)
     if grad_on and x.requires_grad:
-        return LeanLossFunction.apply(x, target_x, call, *tlist)
+        return LeanLossFunction.apply(x, target_x, call, chunk_size, *tlist)
     with torch.no_grad():
-        return forward(call, x, target_x, tlist, False)[0]
+        return forward(call, x, target_x, tlist, False, chunk_size)[0]
 
 
 def target_features(plan: Plan, target_x: torch.Tensor, heads: Sequence) -> List[torch.Tensor]:

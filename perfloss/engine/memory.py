@@ -1,4 +1,4 @@
-"""Memory held for backward: what a loss's autograd graph keeps alive.
+"""Memory: what a loss's autograd graph keeps alive for backward, and the peak of a whole step.
 
 :func:`graph_saved_bytes` walks the autograd graph from a loss tensor and adds up the unique storages
 it keeps: tensors saved by built-in nodes (``_saved_*``), by custom Functions (``saved_tensors``) and
@@ -8,6 +8,10 @@ input image: resident anyway) are left out.
 
 :func:`hook_saved_bytes` is the other measure: unique storages packed through saved-tensor hooks
 while a function runs (it cannot see tensors stored as context attributes).
+
+:func:`peak_bytes` is what users run out of: the allocator's peak while a function runs, above what
+was allocated when it started, exact on both devices (CUDA: ``max_memory_allocated``; CPU: the
+running total of the allocator's allocation and free events, read from the profiler).
 
 :func:`lean_expected_bytes` is the lean engine's own figure: the bytes of packed masks, pool codes
 and tap gradients that its input pass keeps, from that pass (the same walker and rules) run on meta
@@ -100,5 +104,44 @@ def lean_expected_bytes(plan, x_shape: Sequence[int], heads: Sequence, dtype: to
     """
     call = on_meta(Call(plan, heads, tap_grad_dtype))
     x = torch.empty(tuple(x_shape), dtype=dtype, device="meta")
-    held = forward(call, x, x, None, True)[2].held
+    held = forward(call, x, x, None, True, x.shape[0])[2].held
     return dict(held, total=sum(held.values()))
+
+
+def peak_bytes(fn: Callable, *args, device: Optional[torch.device] = None, **kwargs) -> Tuple[object, int]:
+    """Run ``fn(*args, **kwargs)``; return (its result, the peak bytes allocated during the call above
+    what was allocated when it started) on ``device`` (default: the first tensor argument's, else CPU).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``. CPU: the profiler's
+    allocation events carry the CPU allocator's running total (``total_allocated``, a count the
+    profiler keeps across runs); the peak is its maximum during the call minus its value before the
+    first allocation. The CPU figure costs a profiled run: measure time in another run.
+    """
+    if device is None:
+        device = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        out = fn(*args, **kwargs)
+        torch.cuda.synchronize(device)
+        return out, torch.cuda.max_memory_allocated(device) - before
+    if device.type != "cpu":
+        raise ValueError(f"peak_bytes measures cpu and cuda devices, got {device}")
+    from torch._C._profiler import _EventType  # the allocation events' type: no public name for it
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn(*args, **kwargs)
+    events = []
+    stack = list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        ev = stack.pop()
+        if ev.tag == _EventType.Allocation and ev.extra_fields.device.type == "cpu":
+            events.append((ev.start_time_ns, ev.extra_fields.alloc_size, ev.extra_fields.total_allocated))
+        stack.extend(ev.children)
+    if not events:
+        return out, 0
+    events.sort()
+    _, first_size, first_total = events[0]
+    return out, max(0, max(total for _, _, total in events) - (first_total - first_size))

@@ -77,6 +77,7 @@ class Plan:
         self.key = next(_KEYS)  # names the plan inside the perfloss::lean_forward custom op
         _BY_KEY[self.key] = self
         self._on_meta: Optional[Plan] = None
+        self._widest: Dict[tuple, int] = {}
         self.tap_of_node: Dict[str, List[str]] = {}
         for tap, node in taps.items():
             self.tap_of_node.setdefault(node, []).append(tap)
@@ -107,6 +108,18 @@ class Plan:
         if self._on_meta is None:
             self._on_meta = compile_plan(copy.deepcopy(self.gm).to("meta"), taps=list(self.taps))
         return self._on_meta
+
+    def widest_activation_bytes(self, sample_shape: Sequence[int], dtype: torch.dtype) -> int:
+        """Bytes per sample of the largest tensor a step produces for inputs of ``sample_shape`` (C, H, W)."""
+        key = (tuple(sample_shape), dtype)
+        if key not in self._widest:
+            from torch.fx.passes.shape_prop import ShapeProp
+
+            gm = self.on_meta().gm
+            ShapeProp(gm).propagate(torch.empty((1,) + key[0], dtype=dtype, device="meta"))
+            metas = (n.meta.get("tensor_meta") for n in gm.graph.nodes if n.op not in ("placeholder", "output"))
+            self._widest[key] = max(m.shape.numel() * m.dtype.itemsize for m in metas if hasattr(m, "shape"))
+        return self._widest[key]
 
     def report(self) -> str:
         lines = [f"plan for {self.module_name}: {len(self.steps)} steps, taps "

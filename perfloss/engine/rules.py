@@ -129,15 +129,15 @@ class Conv(Rule):
                     groups=mod.groups)
 
     def backward(self, step, rec, g, saved):
+        # The gradient to the input is the transposed convolution of g (the weight is frozen): oneDNN
+        # runs it faster than convolution_backward, which also wants an input-sized stand-in tensor.
         p = step.params
+        weight = p["module"].weight
+        k, s, pad, d = weight.shape[2:], p["stride"], p["padding"], p["dilation"]
+        out_pad = [size - ((n - 1) * s[i] - 2 * pad[i] + d[i] * (k[i] - 1) + 1)
+                   for i, (size, n) in enumerate(zip(rec.in_shapes[0][2:], g.shape[2:]))]
         dt = rec.out_dtype
-        # convolution_backward reads only the input's shape and layout when no weight gradient is asked
-        # for: an uninitialised stand-in (an expanded 1-element tensor would do, but oneDNN copies it dense)
-        shape_only = torch.empty(rec.in_shapes[0], dtype=dt, device=g.device,
-                                 memory_format=memory_format_of(work_channels_last(g)))
-        return (torch.ops.aten.convolution_backward(
-            g.to(dt), shape_only, p["module"].weight.to(dt), None, p["stride"], p["padding"], p["dilation"], False,
-            [0, 0], p["groups"], (True, False, False))[0],)
+        return (F.conv_transpose2d(g.to(dt), weight.to(dt), None, s, pad, out_pad, p["groups"], d),)
 
 
 class Mask(NamedTuple):

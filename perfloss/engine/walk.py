@@ -6,6 +6,11 @@ nodes to a callback and drops each value after its last reader. Its three users:
 values and, for backward, a :class:`StepRecord` per step and a tap record per tapped node, their
 tensors in one flat ``saved`` list) and the memory estimate (``lean_expected_bytes``: the input pass
 on meta tensors, :func:`on_meta`). :func:`backward` walks the plan in reverse from those records.
+
+The input pass runs the batch in chunks of ``chunk_size`` samples (:func:`chunk_size_for` picks it
+from a memory budget), each chunk's target images with it, and backward goes chunk by chunk: the
+peak is what is kept for the whole batch (masks, codes, tap gradients: per sample) plus one chunk's
+activations and gradient buffers, not the whole batch's.
 """
 from typing import Any, Callable, Container, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -14,6 +19,7 @@ import torch
 from perfloss.engine.plan import Plan
 from perfloss.engine.rules import CONST
 from perfloss.engine.taps import TapRecord, prepare_targets, tap_forward
+from perfloss.kernels.common import memory_format_of, work_channels_last
 from perfloss.heads import TapHead
 
 DOUBLE_BACKWARD_ERROR = (
@@ -27,6 +33,41 @@ DOUBLE_BACKWARD_ERROR = (
 # 64->64 conv at 128x128: 45.7 ms for batch 4 vs 37.7 ms for two batches of 2, 1 thread), and the
 # results are those of eager PyTorch's separate no_grad target pass. GPUs keep the single batch.
 SPLIT_TARGET_PASS_DEVICES = ("cpu",)
+
+# The bytes one chunk's activations and gradient buffers may take, by default, per device type. On CPU
+# one-image chunks of VGG at 128x128 are no slower than whole batches (measured: VGG-16 relu2_2 lean,
+# batch 8, 2 threads: 417 ms in chunks of 1, 561 ms as one batch; oneDNN's scratch grows with the
+# batch); on GPUs a larger budget keeps each chunk's convolutions big enough to fill the device
+# (to be tuned on one).
+MEMORY_BUDGETS = {"cpu": 16 << 20, "cuda": 256 << 20}
+# A chunk's transients are about three activations of the widest step per sample: that step's input
+# and output in forward; the incoming gradient, the gradient to the input and the convolution
+# backward's buffer in backward.
+TRANSIENT_ACTIVATIONS = 3
+
+
+def check_chunk_size(chunk_size) -> None:
+    if chunk_size is not None and not (isinstance(chunk_size, int) and not isinstance(chunk_size, bool)
+                                       and chunk_size >= 1):
+        raise ValueError(f"chunk_size must be a positive int, or None to pick it from the memory budget, "
+                         f"got {chunk_size!r}")
+
+
+def chunk_size_for(plan: Plan, x: torch.Tensor, memory_budget: Optional[int] = None) -> int:
+    """Samples per chunk so that one chunk's transients fit ``memory_budget`` bytes (default:
+    ``MEMORY_BUDGETS`` of ``x``'s device type): at least 1, and the batch split evenly (16 samples
+    with room for 5 go as 4 chunks of 4, not 5 + 5 + 5 + 1)."""
+    if memory_budget is None:
+        memory_budget = MEMORY_BUDGETS.get(x.device.type, MEMORY_BUDGETS["cuda"])
+    per_sample = TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, tuple(x.shape[1:]), x.dtype)
+    batch = x.shape[0]
+    chunks = -(-batch // max(1, memory_budget // per_sample))
+    return -(-batch // chunks)
+
+
+@torch.compiler.assume_constant_result  # a shape computation: torch.compile runs it once, eagerly
+def _widest_activation_bytes(plan: Plan, sample_shape: Tuple[int, ...], dtype: torch.dtype) -> int:
+    return plan.widest_activation_bytes(sample_shape, dtype)
 
 
 class Call:
@@ -54,15 +95,16 @@ def on_meta(call: Call) -> Call:
 
 
 class Pass:
-    """What one walk keeps: nothing (``keep is None``), or the masks and codes of the first ``keep``
-    samples, every kept tensor in ``saved``, their bytes by kind in ``held``."""
+    """What walks keep: nothing, or (``keeping``) the masks and codes of the first ``keep`` samples of
+    each walk's batch (the input chunk; target images follow it), every kept tensor of every walk in
+    one ``saved`` list, their bytes by kind in ``held``."""
 
     __slots__ = ("gm", "keep", "saved", "held")
 
-    def __init__(self, gm: torch.fx.GraphModule, keep: Optional[int]):
+    def __init__(self, gm: torch.fx.GraphModule, keeping: bool):
         self.gm = gm
-        self.keep = keep or 0
-        self.saved: Optional[List[torch.Tensor]] = None if keep is None else []
+        self.keep = 0
+        self.saved: Optional[List[torch.Tensor]] = [] if keeping else None
         self.held = dict(masks=0, codes=0, taps=0)
 
     @property
@@ -87,12 +129,20 @@ class StepRecord(NamedTuple):
     kept: Any
 
 
+class Chunk(NamedTuple):
+    """One chunk of the input pass: its rows of the batch and what its walk kept."""
+
+    start: int
+    stop: int
+    steps: List[Optional[StepRecord]]  # per plan step, None for const steps
+    taps: Dict[str, Optional[TapRecord]]  # per tapped node
+
+
 class Forward(NamedTuple):
     """What an input pass hands its backward besides ``saved``. For fully lean plans it holds Python
     values only (the custom op files it by configuration); fallback steps keep autograd graphs."""
 
-    steps: List[Optional[StepRecord]]  # per plan step, None for const steps
-    taps: Dict[str, Optional[TapRecord]]  # per tapped node
+    chunks: List[Chunk]
     x_shape: Tuple[int, ...]
     x_dtype: torch.dtype
     held: Dict[str, int]  # bytes saved, by kind: masks, codes, taps
@@ -136,20 +186,44 @@ def prepared_targets(call: Call, target_x: torch.Tensor) -> List[torch.Tensor]:
             out[i] = t
 
     with torch.no_grad():
-        walk(call.plan, target_x, Pass(call.plan.gm, None), call.heads_at, at_tap)
+        walk(call.plan, target_x, Pass(call.plan.gm, False), call.heads_at, at_tap)
     return out
 
 
 def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: Sequence[torch.Tensor],
-            need_grad: bool) -> Tuple[torch.Tensor, List[torch.Tensor], Forward]:
-    """The input pass: (values (B,), saved tensors, :class:`Forward`); exactly one of ``target_x``
-    (images) and ``targets`` (prepared, one per head)."""
-    plan = call.plan
-    if target_x is not None and x.device.type in SPLIT_TARGET_PASS_DEVICES:
-        targets = prepared_targets(call, target_x.detach().to(x.dtype))
-        target_x = None
+            need_grad: bool, chunk_size: int) -> Tuple[torch.Tensor, List[torch.Tensor], Forward]:
+    """The input pass, ``chunk_size`` samples at a time: (values (B,), saved tensors, :class:`Forward`);
+    exactly one of ``target_x`` (images, B or 1) and ``targets`` (prepared, one per head, B or 1)."""
     b = x.shape[0]
-    run = Pass(plan.gm, b if need_grad else None)
+    split_target = target_x is not None and x.device.type in SPLIT_TARGET_PASS_DEVICES
+    if split_target:
+        target_x = target_x.detach().to(x.dtype)
+        if target_x.shape[0] == 1:  # one target image serves every chunk: prepare it once
+            targets, target_x = prepared_targets(call, target_x), None
+    run = Pass(call.plan.gm, need_grad)
+    values: List[torch.Tensor] = []
+    chunks: List[Chunk] = []
+    for start in range(0, b, chunk_size):
+        stop = min(start + chunk_size, b)
+        rows = slice(start, stop)
+        chunk_target_x = None if target_x is None else target_x[rows] if target_x.shape[0] > 1 else target_x
+        if chunk_target_x is None:
+            chunk_targets = [t[rows] if t.shape[0] > 1 else t for t in targets]
+        elif split_target:
+            chunk_targets, chunk_target_x = prepared_targets(call, chunk_target_x), None
+        else:  # the target images go through the walk with the input chunk
+            chunk_targets = []
+        run.keep = stop - start if need_grad else 0
+        v, steps, taps = _forward_chunk(call, x[rows], chunk_target_x, chunk_targets, run)
+        values.append(v)
+        chunks.append(Chunk(start, stop, steps, taps))
+    total = values[0] if len(values) == 1 else torch.cat(values)
+    return total, run.saved, Forward(chunks, tuple(x.shape), x.dtype, run.held)
+
+
+def _forward_chunk(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: Sequence[torch.Tensor],
+                   run: Pass) -> Tuple[torch.Tensor, List[Optional[StepRecord]], Dict[str, Optional[TapRecord]]]:
+    b = x.shape[0]
     values: List[torch.Tensor] = []
     tap_records: Dict[str, Optional[TapRecord]] = {}
 
@@ -164,22 +238,38 @@ def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targe
 
     # (detached: under autocast a leaf that requires grad gets its cast copy cached, and a copy made
     # here, below autograd, would have no grad_fn and break an eager pass on x later in the region)
-    inp = x.detach() if target_x is None else torch.cat([x, target_x.to(x.dtype)])
+    inp = x.detach() if target_x is None else torch.cat([x.detach(), target_x.to(x.dtype)])
     with torch.no_grad():
-        records = walk(plan, inp, run, call.heads_at, at_tap)
+        records = walk(call.plan, inp, run, call.heads_at, at_tap)
     total = values[0]
     for v in values[1:]:
         total = total + v
-    return total, run.saved, Forward(records, tap_records, tuple(x.shape), x.dtype, run.held)
+    return total, records, tap_records
 
 
 def backward(plan: Plan, fwd: Forward, saved: Sequence[torch.Tensor], grad_values: torch.Tensor):
-    """The gradient to the input of the forward that made ``fwd`` and ``saved``, for ``grad_values`` (B,)."""
+    """The gradient to the input of the forward that made ``fwd`` and ``saved``, for ``grad_values`` (B,),
+    one chunk at a time."""
+    gx = None
+    for chunk in fwd.chunks:
+        g = _backward_chunk(plan, chunk, saved, grad_values[chunk.start:chunk.stop])
+        if g is None:  # nothing reaches the input
+            return None
+        if len(fwd.chunks) == 1:
+            return g.to(fwd.x_dtype)
+        if gx is None:  # written chunk by chunk: no list of chunk gradients, no concatenated copy
+            gx = torch.empty(fwd.x_shape, dtype=fwd.x_dtype, device=g.device,
+                             memory_format=memory_format_of(work_channels_last(g)))
+        gx[chunk.start:chunk.stop] = g
+    return gx
+
+
+def _backward_chunk(plan: Plan, chunk: Chunk, saved: Sequence[torch.Tensor], grad_values: torch.Tensor):
     grads: Dict[str, torch.Tensor] = {}
     with torch.autocast(grad_values.device.type, enabled=False):
-        for step, rec in zip(reversed(plan.steps), reversed(fwd.steps)):
+        for step, rec in zip(reversed(plan.steps), reversed(chunk.steps)):
             g = grads.pop(step.name, None)
-            tap = fwd.taps.get(step.name)
+            tap = chunk.taps.get(step.name)
             if tap is not None:
                 tg = tap.grad(saved, grad_values)
                 g = tg if g is None else g + tg.to(g.dtype)
@@ -191,5 +281,4 @@ def backward(plan: Plan, fwd: Forward, saved: Sequence[torch.Tensor], grad_value
                 if gi.dtype != dtype:
                     gi = gi.to(dtype)
                 grads[name] = gi if name not in grads else grads[name] + gi
-    gx = grads.pop(plan.input_name, None)
-    return None if gx is None else gx.to(fwd.x_dtype)
+    return grads.pop(plan.input_name, None)

@@ -5,7 +5,8 @@ call, the heads, the reduction and the choice of engine:
 
 - ``"eager"``: plain PyTorch autograd through the backbone, the reference path;
 - ``"lean"``: perfloss.engine's exact backward that keeps bit masks, pool codes and tap gradients
-  instead of activations;
+  instead of activations, and runs the batch in chunks of ``chunk_size`` samples (None: from the
+  engine's memory budget) so that only one chunk's activations exist at a time;
 - ``"checkpoint"``: eager under torch.utils.checkpoint: keeps only the backbone's input and
   recomputes the forward in backward (the usual memory fix, for comparison).
 
@@ -58,7 +59,7 @@ def check_layers(layers) -> List[str]:
 class BackboneLoss(nn.Module):
     def __init__(self, backbone: Backbone, heads: Sequence[TapHead], *, input_range, reduction: str,
                  engine: Optional[str], check_range: bool, tap_grad_dtype: Optional[torch.dtype] = None,
-                 affine=None):
+                 chunk_size: Optional[int] = None, affine=None):
         super().__init__()
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -71,6 +72,8 @@ class BackboneLoss(nn.Module):
         self.reduction = reduction
         self.check_range = check_range
         self.tap_grad_dtype = tap_grad_dtype
+        lean_engine.check_chunk_size(chunk_size)
+        self.chunk_size = chunk_size
         scale, shift = affine if affine is not None else inputs.imagenet_affine(self.input_range)
         self.register_buffer("scale", scale, persistent=False)
         self.register_buffer("shift", shift, persistent=False)
@@ -111,7 +114,8 @@ class BackboneLoss(nn.Module):
             (target_x is not None and target_x.requires_grad) or any(t.requires_grad for t in targets or ()))
         if self.engine == "lean" and grad_to_input and not grad_to_target:
             return lean_engine.lean_loss(lean_engine.plan_for(self.backbone), x, list(self.heads), targets=targets,
-                                         target_x=target_x, tap_grad_dtype=self.tap_grad_dtype)
+                                         target_x=target_x, tap_grad_dtype=self.tap_grad_dtype,
+                                         chunk_size=self.chunk_size)
         if targets is None and grad_to_input and not grad_to_target:
             # The target's activations must not join the input's graph: run it alone under no_grad.
             targets = self.target_representations(target_x)

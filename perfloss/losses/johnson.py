@@ -22,14 +22,15 @@ class JohnsonLoss(StyleTargetMixin, BackboneLoss):
 
     def __init__(self, content_weight=1.0, style_weight=5.0, tv_weight=1e-6, content_layers=("relu2_2",),
                  style_layers=JOHNSON_STYLE_LAYERS, tv_kind="l2", backbone="vgg16", weights="imagenet",
-                 input_range=(0, 1), reduction="mean", engine=None, check_range=False, tap_grad_dtype=None):
+                 input_range=(0, 1), reduction="mean", engine=None, check_range=False, tap_grad_dtype=None,
+                 chunk_size=None):
         content_layers, style_layers = check_layers(content_layers), check_layers(style_layers)
         heads = [TapHead(tap, "mse", content_weight) for tap in content_layers]
         heads += [TapHead(tap, "gram", style_weight) for tap in style_layers]
         taps = list(dict.fromkeys(content_layers + style_layers))
         super().__init__(build_backbone(backbone, taps, weights), heads, input_range=input_range,
                          reduction=reduction, engine=engine, check_range=check_range,
-                         tap_grad_dtype=tap_grad_dtype)
+                         tap_grad_dtype=tap_grad_dtype, chunk_size=chunk_size)
         self.num_content = len(content_layers)
         self.tv_weight = float(tv_weight)
         self.tv_kind = tv_kind

@@ -72,7 +72,8 @@ class LPIPS(BackboneLoss):
     """
 
     def __init__(self, net="alex", version="0.1", weights="imagenet", lin_weights=None, normalize=False,
-                 reduction="mean", engine=None, check_range=False, tap_grad_dtype=None):
+                 reduction="mean", engine=None, check_range=False, tap_grad_dtype=None,
+                 chunk_size=None):
         if net not in NETS:
             raise ValueError(f"net must be one of {tuple(NETS)}, got {net!r}")
         if version != "0.1":
@@ -88,7 +89,7 @@ class LPIPS(BackboneLoss):
         shift = torch.tensor(SHIFT, dtype=torch.float64).view(1, 3, 1, 1)
         affine = (2.0 / (hi - lo) / scale, (-1.0 - 2.0 * lo / (hi - lo) - shift) / scale)
         super().__init__(backbone, heads, input_range=input_range, reduction=reduction, engine=engine,
-                         check_range=check_range, tap_grad_dtype=tap_grad_dtype, affine=affine)
+                         check_range=check_range, tap_grad_dtype=tap_grad_dtype, chunk_size=chunk_size, affine=affine)
         self.net, self.normalize = net, normalize
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -20,14 +20,15 @@ class PerceptualLoss(BackboneLoss):
 
     def __init__(self, backbone="vgg16", layers=("relu2_2",), layer_weights=None, distance="mse",
                  weights="imagenet", input_range=(0, 1), reduction="mean", engine=None, check_range=False,
-                 tap_grad_dtype=None):
+                 tap_grad_dtype=None,
+                 chunk_size=None):
         if distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
         layers = check_layers(layers)
         heads = [TapHead(tap, distance, w) for tap, w in zip(layers, layer_weights_for(layers, layer_weights))]
         super().__init__(build_backbone(backbone, layers, weights), heads, input_range=input_range,
                          reduction=reduction, engine=engine, check_range=check_range,
-                         tap_grad_dtype=tap_grad_dtype)
+                         tap_grad_dtype=tap_grad_dtype, chunk_size=chunk_size)
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         inputs.check_pair(input, target)

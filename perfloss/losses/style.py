@@ -44,12 +44,13 @@ class StyleLoss(StyleTargetMixin, BackboneLoss):
     """
 
     def __init__(self, backbone="vgg16", layers=JOHNSON_STYLE_LAYERS, layer_weights=None, weights="imagenet",
-                 input_range=(0, 1), reduction="mean", engine=None, check_range=False, tap_grad_dtype=None):
+                 input_range=(0, 1), reduction="mean", engine=None, check_range=False, tap_grad_dtype=None,
+                 chunk_size=None):
         layers = check_layers(layers)
         heads = [TapHead(tap, "gram", w) for tap, w in zip(layers, layer_weights_for(layers, layer_weights))]
         super().__init__(build_backbone(backbone, layers, weights), heads, input_range=input_range,
                          reduction=reduction, engine=engine, check_range=check_range,
-                         tap_grad_dtype=tap_grad_dtype)
+                         tap_grad_dtype=tap_grad_dtype, chunk_size=chunk_size)
 
     def style_heads(self):
         return list(self.heads)

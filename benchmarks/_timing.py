@@ -1,0 +1,103 @@
+"""What benchmarks/peak_batch_sweep.py and benchmarks/train_step.py share: the device, a step's peak
+memory and interleaved median time, the environment, and the results files.
+
+Memory is always the allocator's exact peak during one step above what was allocated before it
+(``perfloss.engine.memory.peak_bytes``: CUDA ``max_memory_allocated``, CPU the profiler's allocator
+events), never RSS. The CPU figure needs a profiled run, so time is measured in other runs.
+"""
+import csv
+import json
+import os
+import shlex
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from perfloss.bench import environment as perfloss_environment
+from perfloss.engine.memory import MiB, peak_bytes
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+Step = Callable[[], None]
+
+
+def pick_device(name: Optional[str]) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def warm_up(step: Step, device: torch.device) -> float:
+    """Run ``step`` once untimed (compilation, lazily built state, optimiser state happen there), then
+    once timed; return that second run's seconds."""
+    step()
+    _sync(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def interleaved_median_ms(steps: Dict[str, Step], repeat: int, device: torch.device) -> Dict[str, float]:
+    """Median milliseconds of each (warmed-up) step over ``repeat`` rounds; each round runs every step
+    once, so drifts of a shared machine's load hit all of them alike."""
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(repeat):
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+
+
+def peak_mib(step: Step, device: torch.device) -> float:
+    """The exact allocator peak of one (warmed-up) run of ``step``, MiB above what was allocated before."""
+    return peak_bytes(step, device=device)[1] / MiB
+
+
+def environment(device: torch.device, script: str, argv: Sequence[str]) -> Dict[str, str]:
+    """Date, versions, threads, device and the exact command that reproduces the run."""
+    env = perfloss_environment(device.type)
+    env["device"] = device.type
+    env["command"] = shlex.join(["python", os.path.join("benchmarks", os.path.basename(script)), *argv])
+    return env
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def ratio(numerator: Optional[float], denominator: Optional[float]) -> str:
+    return f"{numerator / denominator:.2f}" if numerator and denominator else "-"
+
+
+def number(value: Optional[float], digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def write_results(out: str, env: Dict[str, str], rows: List[Dict], markdown: str) -> List[str]:
+    """``out``.json (environment and rows), ``out``.csv (rows with the environment on each) and
+    ``out``.md (the markdown, under a header naming the command and environment); their paths."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out + ".json", "w") as f:
+        json.dump({"environment": env, "results": rows}, f, indent=2)
+    fields = list(dict.fromkeys(key for row in rows for key in row)) + list(env)
+    with open(out + ".csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in rows:
+            cells = {**row, **env}
+            writer.writerow({k: json.dumps(v) if isinstance(v, (dict, list)) else v for k, v in cells.items()})
+    with open(out + ".md", "w") as f:
+        f.write(f"`{env['command']}`\n\n" + ", ".join(f"{k} {v}" for k, v in env.items() if k != "command")
+                + "\n\n" + markdown + "\n")
+    return [out + ext for ext in (".json", ".csv", ".md")]

@@ -1,0 +1,233 @@
+"""Peak memory and time of one loss forward+backward step against batch size, per engine.
+
+    python benchmarks/peak_batch_sweep.py [--device cpu] [--threads 2] [--autocast bfloat16]
+
+Losses (random weights: memory and time do not depend on them; images in [0, 1]):
+  content  VGG-16 relu2_2 MSE            PerceptualLoss("vgg16", ["relu2_2"])
+  l1       VGG-19 relu1_1..relu5_1 L1    PerceptualLoss("vgg19", [5 taps], distance="l1")
+  style    Johnson et al.'s style loss   StyleLoss("vgg16"), set_target of one style image
+  lpips    LPIPS-VGG                     LPIPS(net="vgg", normalize=True)
+Engines: eager, lean (default chunking: chunk from its memory budget), checkpoint
+(torch.utils.checkpoint of the backbone), compile (torch.compile of the eager loss).
+
+For each loss and batch, every engine's step is warmed up (compile compiles there), then timed
+once as a guard: a step over --max-seconds-per-step is skipped, and so are that loss and engine at
+larger batches (noted in the table). The median time comes from --repeat rounds that interleave
+the engines; the peak (perfloss.engine.memory.peak_bytes: exact allocator peak above what was
+allocated before the step) from a run of its own. Writes <out>.md, .json, .csv and .png (peak
+MiB against batch, one line per engine, one panel per loss).
+"""
+import argparse
+import contextlib
+import sys
+import warnings
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+import perfloss
+
+import _timing  # benchmarks/_timing.py, next to this script
+
+VGG19_FIVE_TAPS = ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+LOSSES = {
+    "content": "VGG-16 relu2_2 MSE",
+    "l1": "VGG-19 relu1_1..relu5_1 L1",
+    "style": "Johnson style (VGG-16 Grams)",
+    "lpips": "LPIPS-VGG",
+}
+ENGINES = ("eager", "lean", "checkpoint", "compile")
+BATCHES = (1, 2, 4, 8, 16, 32)
+QUICK = dict(size=32, batches=(1, 2), repeat=1)
+AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def autocast_context(device: torch.device, dtype_name: Optional[str]):
+    """A factory of the context a step's forward runs in: torch.autocast to ``dtype_name``, or nothing."""
+    if dtype_name is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=AUTOCAST_DTYPES[dtype_name])
+
+
+def precision_label(autocast: Optional[str]) -> str:
+    return f"autocast {autocast}" if autocast else "fp32"
+
+
+def build_loss(name: str, engine: str, size: int, device: torch.device) -> torch.nn.Module:
+    """The loss ``name`` on ``engine``; ``compile`` is torch.compile over the eager loss."""
+    common = dict(weights=None, engine="eager" if engine == "compile" else engine)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights warn: not perceptually meaningful, same cost
+        if name == "content":
+            loss = perfloss.PerceptualLoss("vgg16", ["relu2_2"], **common)
+        elif name == "l1":
+            loss = perfloss.PerceptualLoss("vgg19", VGG19_FIVE_TAPS, distance="l1", **common)
+        elif name == "style":
+            loss = perfloss.StyleLoss("vgg16", **common)
+        else:
+            loss = perfloss.LPIPS(net="vgg", normalize=True, **common)
+    loss = loss.to(device)
+    if name == "style":
+        style_image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
+        loss.set_target(style_image)
+    return torch.compile(loss) if engine == "compile" else loss
+
+
+def loss_inputs(name: str, batch: int, size: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """(input,) for the style loss (its target is set), (input, target) for the others."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, size, size, generator=gen).to(device).requires_grad_(True)
+    if name == "style":
+        return (x,)
+    return x, torch.rand(batch, 3, size, size, generator=gen).to(device)
+
+
+def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast) -> _timing.Step:
+    """One forward (under ``autocast()``) and backward; the input's gradient is dropped after."""
+    def step():
+        with autocast():
+            value = loss(*inputs)
+        value.backward()
+        inputs[0].grad = None
+    return step
+
+
+def sweep(args, device: torch.device) -> List[Dict]:
+    from tqdm import tqdm
+
+    autocast = autocast_context(device, args.autocast)
+    rows = []
+    progress = tqdm(total=len(args.losses) * len(args.batches) * len(args.engines), desc="peak_batch_sweep",
+                    unit="run")
+    for name in args.losses:
+        losses = {engine: build_loss(name, engine, args.size, device) for engine in args.engines}
+        too_slow: Dict[str, str] = {}  # engine -> why its larger batches are skipped
+        for batch in args.batches:
+            inputs = loss_inputs(name, batch, args.size, device)
+            steps, notes = {}, {}
+            for engine in args.engines:
+                progress.set_postfix_str(f"{name} {engine} batch {batch}")
+                if engine in too_slow:
+                    notes[engine] = too_slow[engine]
+                    continue
+                step = loss_step(losses[engine], inputs, autocast)
+                seconds = _timing.warm_up(step, device)
+                if seconds > args.max_seconds_per_step:
+                    notes[engine] = f"skipped: {seconds:.1f} s per step at batch {batch} > --max-seconds-per-step"
+                    too_slow[engine] = notes[engine]
+                    continue
+                steps[engine] = step
+            times = _timing.interleaved_median_ms(steps, args.repeat, device)
+            for engine in args.engines:
+                measured = engine in steps
+                rows.append({"loss": name, "engine": engine, "batch": batch, "size": args.size,
+                             "precision": precision_label(args.autocast),
+                             "peak_mib": _timing.peak_mib(steps[engine], device) if measured else None,
+                             "median_ms": times.get(engine), "note": notes.get(engine, "")})
+                progress.update()
+            del inputs, steps
+    progress.close()
+    return rows
+
+
+def _lookup(rows: List[Dict]) -> Dict[Tuple[str, str, int], Dict]:
+    return {(r["loss"], r["engine"], r["batch"]): r for r in rows}
+
+
+def markdown(rows: List[Dict], args) -> str:
+    """Per loss: peak MiB and median ms per engine against batch, eager/lean peak, lean/eager time."""
+    by_key = _lookup(rows)
+    with_ratios = {"eager", "lean"} <= set(args.engines)
+    sections = [(f"# Peak memory and median time of one loss forward+backward, {args.size}x{args.size}, "
+                 f"{precision_label(args.autocast)}, random weights (median of {args.repeat})")]
+    for name in args.losses:
+        header = (["batch"] + [f"{e} peak MiB" for e in args.engines] + [f"{e} ms" for e in args.engines]
+                  + (["eager/lean peak", "lean/eager time"] if with_ratios else []))
+        table = []
+        for batch in args.batches:
+            cells = [by_key[(name, e, batch)] for e in args.engines]
+            row = ([batch] + [_timing.number(c["peak_mib"]) for c in cells]
+                   + [_timing.number(c["median_ms"]) for c in cells])
+            if with_ratios:
+                eager, lean = by_key[(name, "eager", batch)], by_key[(name, "lean", batch)]
+                row += [_timing.ratio(eager["peak_mib"], lean["peak_mib"]),
+                        _timing.ratio(lean["median_ms"], eager["median_ms"])]
+            table.append(row)
+        notes = sorted({f"{r['engine']}: {r['note']}" for r in rows if r["loss"] == name and r["note"]})
+        sections.append(f"## {LOSSES[name]}\n\n" + _timing.markdown_table(header, table)
+                        + "".join(f"\n\n{n}" for n in notes))
+    return "\n\n".join(sections)
+
+
+def plot(rows: List[Dict], args, env: Dict[str, str], path: str) -> None:
+    """PNG: peak MiB against batch (log2 axis), one line per engine, one panel per loss."""
+    import matplotlib
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    by_key = _lookup(rows)
+    fig, axes = plt.subplots(1, len(args.losses), figsize=(4.5 * len(args.losses), 4), squeeze=False)
+    for ax, name in zip(axes[0], args.losses):
+        for engine in args.engines:
+            points = [(b, by_key[(name, engine, b)]["peak_mib"]) for b in args.batches
+                      if by_key[(name, engine, b)]["peak_mib"] is not None]
+            if points:
+                ax.plot(*zip(*points), marker="o", label=engine)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(args.batches), [str(b) for b in args.batches])
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("peak MiB of forward+backward")
+        ax.set_title(LOSSES[name], fontsize=10)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"Peak memory per engine, {args.size}x{args.size} {precision_label(args.autocast)}, "
+                 f"{env['device']} ({env.get('device_name', env['machine'])}), torch {env['torch']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv: Optional[List[str]]):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--losses", nargs="+", choices=tuple(LOSSES), default=list(LOSSES))
+    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    p.add_argument("--batches", nargs="+", type=int, help=f"default {' '.join(map(str, BATCHES))}")
+    p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on CUDA)")
+    p.add_argument("--repeat", type=int, help="timed rounds per configuration (default 5)")
+    p.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), help="run each forward under torch.autocast")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--max-seconds-per-step", type=float, default=30.0,
+                   help="skip a configuration (and its larger batches) whose step takes longer (default 30)")
+    p.add_argument("--out", help="results path without extension (default benchmarks/results/peak_batch_sweep_<device>"
+                                 "[_autocast_<dtype>])")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: defaults size {QUICK['size']}, batches {QUICK['batches']}, "
+                        f"repeat {QUICK['repeat']}")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    device = _timing.pick_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.size = args.size or (QUICK["size"] if args.quick else 256 if device.type == "cuda" else 128)
+    args.batches = args.batches or list(QUICK["batches"] if args.quick else BATCHES)
+    args.repeat = args.repeat or (QUICK["repeat"] if args.quick else 5)
+    suffix = f"_autocast_{args.autocast}" if args.autocast else ""
+    out = args.out or f"{_timing.RESULTS}/peak_batch_sweep_{device.type}{suffix}"
+
+    env = _timing.environment(device, __file__, argv)
+    rows = sweep(args, device)
+    text = markdown(rows, args)
+    print(text)
+    paths = _timing.write_results(out, env, rows, text)
+    plot(rows, args, env, out + ".png")
+    print("wrote", ", ".join(paths + [out + ".png"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

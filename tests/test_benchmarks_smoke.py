@@ -1,0 +1,53 @@
+"""The benchmark scripts run end to end at tiny sizes (--quick) and write their results files.
+
+Numbers are not checked beyond being positive: benchmarks report, tests do not time.
+"""
+import importlib
+import json
+import os
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+@pytest.fixture
+def benchmark_script(monkeypatch):
+    """Import a script from benchmarks/ (which imports its sibling _timing) as a module."""
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    return importlib.import_module
+
+
+def read_results(out):
+    for ext in (".md", ".csv", ".json"):
+        assert os.path.getsize(out + ext) > 0
+    with open(out + ".json") as f:
+        results = json.load(f)
+    assert {"date", "torch", "threads", "device", "command"} <= set(results["environment"])
+    return results["results"]
+
+
+def test_peak_batch_sweep_quick(one_thread, benchmark_script, tmp_path):
+    pytest.importorskip("matplotlib")
+    sweep = benchmark_script("peak_batch_sweep")
+    out = str(tmp_path / "sweep")
+    # torch.compile is left out: compiling takes longer than this whole test may.
+    assert sweep.main(["--quick", "--device", "cpu", "--engines", "eager", "lean", "checkpoint", "--out", out]) == 0
+    rows = read_results(out)
+    assert len(rows) == 4 * 3 * 2  # losses x engines x batches
+    assert all(r["peak_mib"] > 0 and r["median_ms"] > 0 and not r["note"] for r in rows)
+    assert os.path.getsize(out + ".png") > 0
+    with open(out + ".md") as f:
+        assert "eager/lean peak" in f.read()
+
+
+def test_train_step_quick(one_thread, benchmark_script, tmp_path):
+    train_step = benchmark_script("train_step")
+    out = str(tmp_path / "train")
+    assert train_step.main(["--quick", "--device", "cpu", "--out", out]) == 0
+    rows = read_results(out)
+    assert len(rows) == 2 * 4  # workloads x (3 engines + generator alone)
+    for r in rows:
+        assert r["peak_mib"] > 0 and r["median_ms"] > 0
+        assert r["largest_batch_within_budget"] >= 1
+        assert all(p > 0 for p in r["peak_mib_by_batch"].values())
