@@ -1,4 +1,5 @@
-"""The lean engine with autocast, channels_last, torch.compile and DistributedDataParallel (gloo, CPU)."""
+"""The lean engine with autocast, channels_last, torch.compile and DistributedDataParallel (gloo, CPU),
+on the whole batch and in chunks (``CHUNKS``: None picks the whole batch at these sizes, 1 splits it)."""
 
 import pytest
 import torch
@@ -10,15 +11,17 @@ from perfloss.heads import TapHead
 from test_engine import Toy, eager_values, frozen, rel_err
 
 HEADS = [TapHead("a", "mse"), TapHead("b", "l1"), TapHead("c", "gram"), TapHead("d", "cosine")]
+CHUNKS = pytest.mark.parametrize("chunk_size", [None, 1], ids=["whole batch", "chunks of 1"])
 
 
-def test_autocast_bfloat16_cpu():
+@CHUNKS
+def test_autocast_bfloat16_cpu(chunk_size):
     net = frozen(Toy())
     plan = compile_plan(net)
     x = torch.randn(2, 3, 16, 16, requires_grad=True)
     t = torch.randn(2, 3, 16, 16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        v = lean_loss(plan, x, HEADS, target_x=t)
+        v = lean_loss(plan, x, HEADS, target_x=t, chunk_size=chunk_size)
         ve = eager_values(net, HEADS, x, target_x=t)
     assert v.dtype == torch.float32
     torch.testing.assert_close(v, ve, rtol=1e-2, atol=1e-3)
@@ -45,7 +48,8 @@ def test_autocast_lean_then_eager_on_the_same_leaf():
     assert rel_err(g1, g2) < 2e-2
 
 
-def test_channels_last():
+@CHUNKS
+def test_channels_last(chunk_size):
     net = frozen(Toy())
     net_cl = frozen(Toy()).to(memory_format=torch.channels_last)
     net_cl.load_state_dict(net.state_dict())
@@ -53,7 +57,7 @@ def test_channels_last():
     x = torch.randn(2, 3, 15, 17)
     t = torch.randn(2, 3, 15, 17)
     x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
-    v = lean_loss(plan, x_cl, HEADS, target_x=t.contiguous(memory_format=torch.channels_last))
+    v = lean_loss(plan, x_cl, HEADS, target_x=t.contiguous(memory_format=torch.channels_last), chunk_size=chunk_size)
     x.requires_grad_()
     ve = eager_values(net, HEADS, x, target_x=t)
     torch.testing.assert_close(v, ve, rtol=1e-5, atol=1e-6)
@@ -75,7 +79,7 @@ def _ddp_worker(rank, world, init_file, out_file):
     z = torch.randn(world, 2, 3, 12, 12)
     t = torch.randn(world, 2, 3, 12, 12)
     model = DDP(gen)
-    loss = lean_loss(plan, model(z[rank]), HEADS, target_x=t[rank]).mean()
+    loss = lean_loss(plan, model(z[rank]), HEADS, target_x=t[rank], chunk_size=1).mean()
     loss.backward()
     if rank == 0:
         torch.save({"grad": gen.weight.grad.clone(), "state": gen.state_dict()}, out_file)
@@ -102,8 +106,9 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert rel_err(got["grad"], gen.weight.grad) <= 1e-5
 
 
+@CHUNKS
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph_training_step(backend):
+def test_torch_compile_fullgraph_training_step(backend, chunk_size):
     torch._dynamo.reset()
     net = frozen(Toy())
     plan = compile_plan(net)
@@ -114,7 +119,7 @@ def test_torch_compile_fullgraph_training_step(backend):
     t = torch.randn(2, 3, 16, 16)
 
     def loss_fn(z):
-        return lean_loss(plan, gen(z), heads, target_x=t).mean()
+        return lean_loss(plan, gen(z), heads, target_x=t, chunk_size=chunk_size).mean()
 
     compiled = torch.compile(loss_fn, fullgraph=True, backend=backend)
     loss = compiled(z)

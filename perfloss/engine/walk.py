@@ -221,7 +221,7 @@ def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targe
     return total, run.saved, Forward(chunks, tuple(x.shape), x.dtype, run.held)
 
 
-def _forward_chunk(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: Sequence[torch.Tensor],
+def _forward_chunk(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: List[torch.Tensor],
                    run: Pass) -> Tuple[torch.Tensor, List[Optional[StepRecord]], Dict[str, Optional[TapRecord]]]:
     b = x.shape[0]
     values: List[torch.Tensor] = []
@@ -231,6 +231,8 @@ def _forward_chunk(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor]
         heads = [call.heads[i] for i in call.heads_at[name]]
         if target_x is None:
             tgts = [targets[i] for i in call.heads_at[name]]
+            for i in call.heads_at[name]:  # used: let it go before the deeper taps' work
+                targets[i] = None
         else:
             tgts = prepare_targets(heads, features[b:])
         v, tap_records[name] = tap_forward(heads, features[:b], tgts, run, call.tap_grad_dtype)
