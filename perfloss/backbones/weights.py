@@ -8,7 +8,7 @@
   ``torch.hub`` when the network allows; otherwise a ``FileNotFoundError`` says where to put it);
 * a path (``str`` / ``os.PathLike``) to a ``.pth`` state dict, or a state dict itself.
 
-Keys of torchvision's classifier head are ignored; every other key must match in name and shape.
+Keys of torchvision's classifier layers are ignored; every other key must match in name and shape.
 Mismatches raise ``ValueError``: nothing is ever loaded with ``strict=False`` silently.
 """
 

@@ -35,7 +35,7 @@ class SuperResolutionNet(nn.Module):
         if not isinstance(residual_blocks, int) or residual_blocks < 0:
             raise ValueError(f"residual_blocks must be a non-negative int, got {residual_blocks!r}")
         self.factor = factor
-        self.head = ConvNormReLU(3, channels, 9, batch_norm)
+        self.stem = ConvNormReLU(3, channels, 9, batch_norm)
         self.residual = nn.Sequential(*[ResidualBlock(channels, batch_norm) for _ in range(residual_blocks)])
         self.upsample = nn.Sequential(*[UpsampleConvNormReLU(channels, channels, batch_norm)
                                         for _ in range(int(math.log2(factor)))])
@@ -43,4 +43,4 @@ class SuperResolutionNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x, min_side=5)  # the 9x9 reflection padding needs a side of at least 5
-        return to_unit_range(self.to_rgb(self.upsample(self.residual(self.head(x)))))
+        return to_unit_range(self.to_rgb(self.upsample(self.residual(self.stem(x)))))
