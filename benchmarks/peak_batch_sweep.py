@@ -20,12 +20,11 @@ MiB against batch, one line per engine, one panel per loss).
 import argparse
 import contextlib
 import sys
-import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
 
-import perfloss
+from perfloss import bench
 
 import _timing  # benchmarks/_timing.py, next to this script
 
@@ -54,18 +53,10 @@ def precision_label(autocast: Optional[str]) -> str:
 
 
 def build_loss(name: str, engine: str, size: int, device: torch.device) -> torch.nn.Module:
-    """The loss ``name`` on ``engine``; ``compile`` is torch.compile over the eager loss."""
-    common = dict(weights=None, engine="eager" if engine == "compile" else engine)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # random weights warn: not perceptually meaningful, same cost
-        if name == "content":
-            loss = perfloss.PerceptualLoss("vgg16", ["relu2_2"], **common)
-        elif name == "l1":
-            loss = perfloss.PerceptualLoss("vgg19", VGG19_FIVE_TAPS, distance="l1", **common)
-        elif name == "style":
-            loss = perfloss.StyleLoss("vgg16", **common)
-        else:
-            loss = perfloss.LPIPS(net="vgg", normalize=True, **common)
+    """The loss ``name`` on ``engine`` (``perfloss bench``'s own losses); ``compile`` is torch.compile
+    over the eager loss."""
+    vgg19 = name == "l1"
+    loss = bench.build_loss(name, "vgg19" if vgg19 else "vgg16", VGG19_FIVE_TAPS if vgg19 else None, engine)
     loss = loss.to(device)
     if name == "style":
         style_image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)

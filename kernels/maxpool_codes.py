@@ -10,7 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
-from perfloss.kernels.common import acc_dtype, code_bits, memory_format_of, packed_bytes, pool_output_size, triton_acc, work_channels_last
+from perfloss.kernels.common import (acc_dtype, code_bits, memory_format_of, packed_bytes, pool_output_size,
+                                     triton_acc, work_channels_last)
 
 
 @triton.jit

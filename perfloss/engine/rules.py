@@ -40,7 +40,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from perfloss.kernels.common import code_bits, memory_format_of, pair, work_channels_last
+from perfloss.kernels.common import acc_dtype, code_bits, memory_format_of, pair, work_channels_last
 from perfloss.ops.maxpool_codes import maxpool_codes, maxpool_unroute
 from perfloss.ops.relu_mask import relu_mask, relu_mask_, relu_mask_backward
 
@@ -260,7 +260,7 @@ class BatchNorm(Rule):
 
     def backward(self, step, rec, g, saved):
         mod = step.params["module"]
-        acc = torch.promote_types(mod.running_var.dtype, torch.float32)
+        acc = acc_dtype(mod.running_var.dtype)
         scale = torch.rsqrt(mod.running_var.to(acc) + mod.eps)
         if mod.weight is not None:
             scale = mod.weight.to(acc) * scale

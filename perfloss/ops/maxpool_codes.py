@@ -18,7 +18,8 @@ from typing import List, Tuple
 import torch
 import torch.nn.functional as F
 
-from perfloss.kernels.common import code_bits, packed_bytes, pair, pool_output_size, work_channels_last
+from perfloss.kernels.common import (code_bits, memory_format_of, packed_bytes, pair, pool_output_size,
+                                     work_channels_last)
 from perfloss.ops import library
 from perfloss.ops.bitpack import pack, unpack
 
@@ -65,8 +66,7 @@ def _(x, kernel, stride, padding, dilation, ceil_mode, keep):
     b, c, h, w = x.shape
     oh = pool_output_size(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
     ow = pool_output_size(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
-    fmt = torch.channels_last if work_channels_last(x) else torch.contiguous_format
-    y = x.new_empty((b, c, oh, ow)).contiguous(memory_format=fmt)
+    y = x.new_empty((b, c, oh, ow)).contiguous(memory_format=memory_format_of(work_channels_last(x)))
     return y, x.new_empty((packed_bytes(keep * c * oh * ow, code_bits(kernel[0] * kernel[1])),), dtype=torch.uint8)
 
 
