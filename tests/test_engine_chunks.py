@@ -75,6 +75,107 @@ def test_gradcheck_float64_one_sample_chunks():
                                     atol=1e-6, fast_mode=True)
 
 
+def test_plan_cuts_are_where_one_value_lives_on():
+    """Written from Toy's forward: after the concat only c's chain is live; before it b and p both are."""
+    plan = compile_plan(frozen(Toy()))
+    cut_names = [plan.steps[i].name for i in plan.cuts]
+    assert {"cat", "c3", "r3", "p2", "ap"} <= set(cut_names)
+    assert not {"c2", "bn", "r2", "drop", "add"} & set(cut_names)  # p is still live there
+
+
+class NarrowingWithFallback(torch.nn.Module):
+    """Wide, then narrow after a pool, with a step the engine keeps as eager does (SiLU) in the narrow part."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.r1, self.pool = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)
+        self.c2, self.act, self.c3 = torch.nn.Conv2d(8, 4, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.c3(self.act(self.c2(self.pool(self.r1(self.c1(x))))))
+
+
+@pytest.mark.parametrize("net_kind", ["toy", "fallback"])
+@pytest.mark.parametrize("target", ["images", "one image", "cached"])
+def test_tail_after_a_cut_equals_the_whole_batch_float64(net_kind, target):
+    """One-sample chunks up to the first cut after which the whole batch costs no more than a chunk,
+    then one walk: values and gradients equal the unchunked pass's, and gradcheck holds."""
+    if net_kind == "toy":
+        net, heads, shape = frozen(Toy(), torch.float64), toy_heads(), (5, 3, 16, 16)
+        plan = compile_plan(net)
+    else:
+        net = frozen(NarrowingWithFallback(), torch.float64)
+        plan, heads = compile_plan(net, taps=["r1", "act"]), [TapHead("r1", "mse"), TapHead("act", "l1", 0.3)]
+        shape = (5, 3, 16, 14)
+    x = torch.randn(*shape, dtype=torch.float64)
+    images = torch.randn(shape[0] if target == "images" else 1, *shape[1:], dtype=torch.float64)
+    kw = dict(targets=target_features(plan, images, heads)) if target == "cached" else dict(target_x=images)
+    chunk = 2 if net_kind == "toy" else 4
+    assert walk.tail_start_for(plan, x, chunk) > 0
+    assert walk.tail_start_for(plan, x, shape[0]) == -1  # one chunk: nothing to split
+    whole = _value_and_grad(plan, heads, x, chunk_size=shape[0], **kw)
+    tail = _value_and_grad(plan, heads, x, chunk_size=chunk, **kw)
+    torch.testing.assert_close(tail[0], whole[0], rtol=1e-12, atol=1e-14)
+    assert rel_err(tail[1], whole[1]) < 1e-12
+    assert torch.autograd.gradcheck(lambda x: lean_loss(plan, x, heads, chunk_size=chunk, **kw),
+                                    (x.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_tail_never_raises_the_peak_estimate():
+    """The tail starts after the first cut where the whole batch's estimate fits one chunk's, no earlier."""
+    plan = compile_plan(frozen(Toy()))
+    x = torch.randn(8, 3, 16, 16)
+    per_step = plan.activation_bytes((3, 16, 16), torch.float32)
+    k = walk.tail_start_for(plan, x, 2)
+    chunk = 2 * walk.TRANSIENT_ACTIVATIONS * max(per_step)
+    assert k > 0  # Toy narrows after c3: 8 samples there cost less than 2 at c1
+    assert 8 * (2 * per_step[k - 1] + walk.TRANSIENT_ACTIVATIONS * max(per_step[k:])) <= chunk
+    for cut in plan.cuts:
+        if cut + 1 < k:  # an earlier cut would not have fitted
+            assert 8 * (2 * per_step[cut] + walk.TRANSIENT_ACTIVATIONS * max(per_step[cut + 1:])) > chunk
+
+
+def _affine(dtype):
+    """A per-channel (scale, shift) like a loss's pixel-to-network map, with uneven channels."""
+    return (torch.tensor([1.5, -0.5, 2.0], dtype=dtype).view(1, 3, 1, 1),
+            torch.tensor([0.1, -0.3, 0.2], dtype=dtype).view(1, 3, 1, 1))
+
+
+@pytest.mark.parametrize("channels", [3, 1], ids=["rgb", "grayscale"])
+@pytest.mark.parametrize("target", ["images", "one image"])
+def test_chunks_map_their_own_images(channels, target):
+    """With ``affine``, each chunk maps its images itself: the same values and input gradients as mapping
+    the whole batch first (written here in plain PyTorch: x * scale + shift, grayscale replicated)."""
+    plan = compile_plan(frozen(Toy(), torch.float64))
+    heads = toy_heads()
+    scale, shift = _affine(torch.float64)
+    x = torch.randn(5, channels, 11, 9, dtype=torch.float64)
+    images = torch.randn(5 if target == "images" else 1, channels, 11, 9, dtype=torch.float64)
+
+    def mapped(t):
+        return t.expand(-1, 3, -1, -1) * scale + shift
+
+    x0 = x.clone().requires_grad_(True)
+    v0 = lean_loss(plan, mapped(x0), heads, target_x=mapped(images), chunk_size=5)
+    (g0,) = torch.autograd.grad(v0, x0, torch.linspace(0.5, 1.5, 5, dtype=x.dtype))
+    for chunk in (1, 2, 5):
+        v, g = _value_and_grad(plan, heads, x, target_x=images, chunk_size=chunk, affine=(scale, shift))
+        assert g.shape == x.shape
+        torch.testing.assert_close(v, v0.detach(), rtol=1e-12, atol=1e-14)
+        assert rel_err(g, g0) < 1e-12
+    xg = x[:3].clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda x: lean_loss(plan, x, heads, target_x=images[:3], chunk_size=2, affine=(scale, shift)), (xg,),
+        eps=1e-6, atol=1e-6, fast_mode=True)
+
+
+def test_affine_is_checked():
+    plan = compile_plan(frozen(Toy()))
+    x = torch.randn(2, 3, 11, 9, requires_grad=True)
+    with pytest.raises(ValueError, match="affine"):
+        lean_loss(plan, x, toy_heads(), target_x=x.detach(), affine=(torch.ones(3),))
+
+
 def test_chunk_size_follows_the_memory_budget():
     plan = compile_plan(frozen(Toy()))
     x = torch.randn(8, 3, 16, 16)

@@ -32,21 +32,24 @@ import torch
 from perfloss.engine.lean_op import lean_values
 from perfloss.engine.plan import Plan
 from perfloss.engine.walk import (DOUBLE_BACKWARD_ERROR, Call, backward, check_chunk_size, chunk_size_for, forward,
-                                  prepared_targets)
+                                  prepared_targets, tail_start_for)
+from perfloss.heads import TapHead
 
 
 class LeanLossFunction(torch.autograd.Function):
     """The lean loss for plans with fallback steps, whose autograd graphs cannot cross a custom op."""
 
     @staticmethod
-    def forward(ctx, x, target_x, call, chunk_size, *targets):
-        total, saved, fwd = forward(call, x, target_x, targets, ctx.needs_input_grad[0], chunk_size)
+    def forward(ctx, x, target_x, call, chunk_size, affine, tail_start, *targets):
+        total, saved, fwd = forward(call, x, target_x, targets, ctx.needs_input_grad[0], chunk_size, affine,
+                                    tail_start)
         ctx.save_for_backward(*saved)
         ctx.plan = call.plan
         ctx.fwd = fwd
         ctx.n_targets = len(targets)
         # the fallback steps' autograd graphs, where perfloss.engine.memory's graph walk finds them
-        ctx.fallbacks = [rec.kept for chunk in fwd.chunks for step, rec in zip(call.plan.steps, chunk.steps)
+        ctx.fallbacks = [rec.kept for chunk in fwd.chunks
+                         for step, rec in zip(call.plan.steps[chunk.first:], chunk.steps)
                          if not step.lean]
         return total
 
@@ -55,7 +58,7 @@ class LeanLossFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_ERROR)
         gx = backward(ctx.plan, ctx.fwd, ctx.saved_tensors, grad_values)
-        return (gx, None, None, None) + (None,) * ctx.n_targets
+        return (gx, None, None, None, None, None) + (None,) * ctx.n_targets
 
 
 def _targets_list(heads, targets) -> List[torch.Tensor]:
@@ -78,7 +81,8 @@ def _targets_list(heads, targets) -> List[torch.Tensor]:
 
 def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Union[Sequence, dict]] = None,
               target_x: Optional[torch.Tensor] = None, tap_grad_dtype: Optional[torch.dtype] = None,
-              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None) -> torch.Tensor:
+              chunk_size: Optional[int] = None, memory_budget: Optional[int] = None,
+              affine: Optional[Sequence[torch.Tensor]] = None) -> torch.Tensor:
     """Per-sample total loss (B,) = sum over ``heads`` of ``head.values``, with the lean backward.
 
     x: (B, 3, H, W) normalised input. heads: :class:`perfloss.heads.TapHead` list (several may share a
@@ -98,6 +102,13 @@ def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Un
     ``chunk_size=None`` picks the largest chunk whose transients fit ``memory_budget`` bytes
     (default: ``perfloss.engine.walk.MEMORY_BUDGETS`` for the device). Results equal the unchunked
     ones (float64 exactly; fp32 to rounding, as convolution algorithms may differ per batch size).
+    Past the point where the network has narrowed so far that the whole batch costs no more than one
+    chunk, the steps run once over the whole batch (:func:`perfloss.engine.walk.tail_start_for`).
+
+    ``affine``: None when ``x`` and ``target_x`` are normalised network input; or a loss's (scale,
+    shift), each (1, 3, 1, 1), when they are images (B, 3 or 1, H, W) to be mapped by
+    :func:`perfloss.inputs.to_network`: each chunk is mapped as it starts, so the normalised batch
+    never exists whole (the eager engine's first two full-batch copies).
     """
     if (targets is None) == (target_x is None):
         raise ValueError("lean_loss needs exactly one of targets and target_x")
@@ -113,22 +124,28 @@ def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Un
         if target_x.shape[0] not in (1, x.shape[0]) or target_x.shape[1:] != x.shape[1:]:
             raise ValueError(f"target_x must be (B or 1, {', '.join(map(str, x.shape[1:]))}), got {tuple(target_x.shape)}")
         # a single target image stays batch 1: the batch is B + 1 and its features broadcast in the heads
+    affine = () if affine is None else tuple(affine)
+    if affine and (len(affine) != 2 or any(not isinstance(a, torch.Tensor) or a.shape != (1, 3, 1, 1) for a in affine)):
+        raise ValueError("affine must be None or a (scale, shift) pair of (1, 3, 1, 1) tensors")
     check_chunk_size(chunk_size)
     if chunk_size is None:
-        chunk_size = chunk_size_for(plan, x, memory_budget)
+        chunk_size = chunk_size_for(plan, x, memory_budget, affine)
+    tail_start = tail_start_for(plan, x, chunk_size, affine)
     for p in plan.gm.parameters():
         if p.requires_grad and grad_on:
             raise ValueError("lean_loss: the network must be frozen (requires_grad_(False)); the lean engine "
                              "computes no parameter gradients")
-    if grad_on and x.requires_grad and plan.is_lean:  # the custom-op form: no graph break under compile
-        return lean_values(plan, x, heads, tlist, target_x, tap_grad_dtype, chunk_size)
+    # the custom-op form (no graph break under compile) for fully lean plans whose heads the op can describe
+    # (tap, kind, weight, LPIPS weights); subclasses of TapHead carrying more go through the autograd.Function
+    if grad_on and x.requires_grad and plan.is_lean and all(type(h) is TapHead for h in heads):
+        return lean_values(plan, x, heads, tlist, target_x, tap_grad_dtype, chunk_size, affine, tail_start)
     call = Call(plan, heads, tap_grad_dtype)
     if grad_on and x.requires_grad:
-        return LeanLossFunction.apply(x, target_x, call, chunk_size, *tlist)
+        return LeanLossFunction.apply(x, target_x, call, chunk_size, affine, tail_start, *tlist)
     with torch.no_grad():
-        return forward(call, x, target_x, tlist, False, chunk_size)[0]
+        return forward(call, x, target_x, tlist, False, chunk_size, affine, tail_start)[0]
 
 
 def target_features(plan: Plan, target_x: torch.Tensor, heads: Sequence) -> List[torch.Tensor]:
     """Prepared targets for ``heads`` from target images (no graph): cache these for a fixed target."""
-    return prepared_targets(Call(plan, heads, None), target_x)
+    return prepared_targets(Call(plan, heads, None), target_x)[0]

@@ -14,6 +14,7 @@ depend on the input. ``plan.report()`` lists the steps and what each keeps for b
 import copy
 import itertools
 import operator
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 import weakref
@@ -64,6 +65,8 @@ class Plan:
 
     ``free_after[i]`` names the values whose last reader is step ``i`` (a tap counts as reading its own
     node): a walk drops them from its environment after that step. The network input is never freed.
+    ``cuts``: the steps after which only their own output lives on (every step of a VGG, the ends of
+    a ResNet's blocks): a walk can be split there.
     """
 
     def __init__(self, module: nn.Module, gm: torch.fx.GraphModule, steps: List[Step], taps: Dict[str, str],
@@ -77,7 +80,7 @@ class Plan:
         self.key = next(_KEYS)  # names the plan inside the perfloss::lean_forward custom op
         _BY_KEY[self.key] = self
         self._on_meta: Optional[Plan] = None
-        self._widest: Dict[tuple, int] = {}
+        self._activations: Dict[tuple, List[int]] = {}
         self.tap_of_node: Dict[str, List[str]] = {}
         for tap, node in taps.items():
             self.tap_of_node.setdefault(node, []).append(tap)
@@ -86,6 +89,7 @@ class Plan:
             for a in s.node.all_input_nodes:
                 last_use[a.name] = i
         self.free_after: List[List[str]] = [[] for _ in steps]
+        self.cuts = _cuts(steps, last_use, input_name)
         producer = {}
         for i, s in enumerate(steps):
             self.free_after[last_use.get(s.name, i)].append(s.name)
@@ -109,17 +113,23 @@ class Plan:
             self._on_meta = compile_plan(copy.deepcopy(self.gm).to("meta"), taps=list(self.taps))
         return self._on_meta
 
-    def widest_activation_bytes(self, sample_shape: Sequence[int], dtype: torch.dtype) -> int:
-        """Bytes per sample of the largest tensor a step produces for inputs of ``sample_shape`` (C, H, W)."""
+    def activation_bytes(self, sample_shape: Sequence[int], dtype: torch.dtype) -> List[int]:
+        """Bytes per sample of each step's output for inputs of ``sample_shape`` (C, H, W); 0 for a step
+        whose output is not a tensor."""
         key = (tuple(sample_shape), dtype)
-        if key not in self._widest:
+        if key not in self._activations:
             from torch.fx.passes.shape_prop import ShapeProp
 
             gm = self.on_meta().gm
             ShapeProp(gm).propagate(torch.empty((1,) + key[0], dtype=dtype, device="meta"))
-            metas = (n.meta.get("tensor_meta") for n in gm.graph.nodes if n.op not in ("placeholder", "output"))
-            self._widest[key] = max(m.shape.numel() * m.dtype.itemsize for m in metas if hasattr(m, "shape"))
-        return self._widest[key]
+            metas = {n.name: n.meta.get("tensor_meta") for n in gm.graph.nodes}
+            self._activations[key] = [m.shape.numel() * m.dtype.itemsize if hasattr(m, "shape") else 0
+                                      for m in (metas.get(s.name) for s in self.steps)]
+        return self._activations[key]
+
+    def widest_activation_bytes(self, sample_shape: Sequence[int], dtype: torch.dtype) -> int:
+        """Bytes per sample of the largest tensor a step produces for inputs of ``sample_shape`` (C, H, W)."""
+        return max(self.activation_bytes(sample_shape, dtype), default=0)
 
     def report(self) -> str:
         lines = [f"plan for {self.module_name}: {len(self.steps)} steps, taps "
@@ -135,6 +145,19 @@ class Plan:
 
     def __repr__(self):
         return f"Plan({self.module_name}, taps={list(self.taps)}, lean={self.is_lean})"
+
+
+def _cuts(steps: List[Step], last_use: Dict[str, int], input_name: str) -> List[int]:
+    """The indices of the steps after which their own output is the only value a later step reads:
+    where a walk can stop and another continue from that one tensor."""
+    cuts = []
+    live = {input_name} if input_name in last_use else set()
+    for i, s in enumerate(steps):
+        live.add(s.name)
+        live = {n for n in live if last_use.get(n, -1) > i}
+        if live == {s.name} and s.rule is not CONST and i + 1 < len(steps):
+            cuts.append(i)
+    return cuts
 
 
 def _resolve_taps(gm: torch.fx.GraphModule, taps: Optional[Sequence[str]]) -> Dict[str, str]:
@@ -219,14 +242,19 @@ def compile_plan(module: nn.Module, taps: Optional[Sequence[str]] = None) -> Pla
 
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, Plan]" = weakref.WeakKeyDictionary()
+# Threads sharing a loss (servers, nn.DataParallel) must get one plan per backbone: without the lock
+# two threads racing here each trace one, the later replaces the earlier in _PLANS, and the earlier,
+# held only by its thread's forward, is collected before that thread's backward looks up its key.
+_PLANS_LOCK = threading.Lock()
 
 
 def plan_for(backbone: nn.Module) -> Plan:
     """The cached plan of a perfloss backbone: ``compile_plan(backbone, taps=backbone.taps)``."""
     taps = list(getattr(backbone, "taps", None) or []) or None
-    plan = _PLANS.get(backbone)
-    if plan is None or plan.requested_taps != taps:
-        plan = compile_plan(backbone, taps=taps)
-        plan.requested_taps = taps
-        _PLANS[backbone] = plan
+    with _PLANS_LOCK:
+        plan = _PLANS.get(backbone)
+        if plan is None or plan.requested_taps != taps:
+            plan = compile_plan(backbone, taps=taps)
+            plan.requested_taps = taps
+            _PLANS[backbone] = plan
     return plan

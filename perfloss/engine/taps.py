@@ -56,6 +56,12 @@ def prepare_targets(heads: Sequence, features: torch.Tensor) -> List[torch.Tenso
     return out
 
 
+def _largest_magnitude(g: torch.Tensor) -> torch.Tensor:
+    """max |g|: the sign tap's scale, exactly what the head wrote (the inf-norm reduction reads g once
+    and allocates no |g| temporary)."""
+    return torch.linalg.vector_norm(g, float("inf"))
+
+
 def tap_forward(heads: Sequence, features: torch.Tensor, targets: Sequence[torch.Tensor], run,
                 tap_grad_dtype: Optional[torch.dtype]) -> Tuple[torch.Tensor, Optional[TapRecord]]:
     """The heads' summed per-sample values at one tap and the record of their gradient (None when
@@ -73,7 +79,7 @@ def tap_forward(heads: Sequence, features: torch.Tensor, targets: Sequence[torch
         return total, None
     if len(heads) == 1 and heads[0].grad_is_sign:
         (g,) = grads
-        return total, SignTap(run.save(sign_pack(g), "taps"), run.save(g.abs().amax(), "taps"), tuple(g.shape),
+        return total, SignTap(run.save(sign_pack(g), "taps"), run.save(_largest_magnitude(g), "taps"), tuple(g.shape),
                               work_channels_last(g))
     g = grads[0]
     for gi in grads[1:]:

@@ -10,7 +10,11 @@ on meta tensors, :func:`on_meta`). :func:`backward` walks the plan in reverse fr
 The input pass runs the batch in chunks of ``chunk_size`` samples (:func:`chunk_size_for` picks it
 from a memory budget), each chunk's target images with it, and backward goes chunk by chunk: the
 peak is what is kept for the whole batch (masks, codes, tap gradients: per sample) plus one chunk's
-activations and gradient buffers, not the whole batch's.
+activations and gradient buffers, not the whole batch's. The deep, narrow steps after a cut
+(:func:`tail_start_for`) run once over the whole batch, from the chunks' values at the cut, where
+that costs no more than a chunk. Given the loss's ``affine`` (its map from
+pixels to network input), each chunk's images are mapped as the chunk starts, so no normalised copy
+of the whole batch exists either.
 """
 from typing import Any, Callable, Container, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -19,8 +23,9 @@ import torch
 from perfloss.engine.plan import Plan
 from perfloss.engine.rules import CONST
 from perfloss.engine.taps import TapRecord, prepare_targets, tap_forward
-from perfloss.kernels.common import memory_format_of, work_channels_last
 from perfloss.heads import TapHead
+from perfloss.inputs import to_network
+from perfloss.kernels.common import memory_format_of, work_channels_last
 
 DOUBLE_BACKWARD_ERROR = (
     "perfloss lean engine: double backward (create_graph=True) through the lean path is not supported; "
@@ -53,16 +58,22 @@ def check_chunk_size(chunk_size) -> None:
                          f"got {chunk_size!r}")
 
 
-def chunk_size_for(plan: Plan, x: torch.Tensor, memory_budget: Optional[int] = None) -> int:
+def chunk_size_for(plan: Plan, x: torch.Tensor, memory_budget: Optional[int] = None, affine: Sequence = ()) -> int:
     """Samples per chunk so that one chunk's transients fit ``memory_budget`` bytes (default:
     ``MEMORY_BUDGETS`` of ``x``'s device type): at least 1, and the batch split evenly (16 samples
-    with room for 5 go as 4 chunks of 4, not 5 + 5 + 5 + 1)."""
+    with room for 5 go as 4 chunks of 4, not 5 + 5 + 5 + 1). ``affine`` as in :func:`forward`."""
     if memory_budget is None:
         memory_budget = MEMORY_BUDGETS.get(x.device.type, MEMORY_BUDGETS["cuda"])
-    per_sample = TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, tuple(x.shape[1:]), x.dtype)
+    per_sample = TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, _network_sample_shape(x, affine), x.dtype)
     batch = x.shape[0]
     chunks = -(-batch // max(1, memory_budget // per_sample))
     return -(-batch // chunks)
+
+
+def _network_sample_shape(x: torch.Tensor, affine: Sequence) -> Tuple[int, ...]:
+    if affine and x.shape[1] == 1:  # to_network replicates grayscale to RGB
+        return (3,) + tuple(x.shape[2:])
+    return tuple(x.shape[1:])
 
 
 @torch.compiler.assume_constant_result  # a shape computation: torch.compile runs it once, eagerly
@@ -130,11 +141,13 @@ class StepRecord(NamedTuple):
 
 
 class Chunk(NamedTuple):
-    """One chunk of the input pass: its rows of the batch and what its walk kept."""
+    """One piece of the input pass: its rows of the batch, the plan steps it walked (from ``first``,
+    one record each) and what its walk kept."""
 
     start: int
     stop: int
-    steps: List[Optional[StepRecord]]  # per plan step, None for const steps
+    first: int
+    steps: List[Optional[StepRecord]]  # per walked step, None for const steps
     taps: Dict[str, Optional[TapRecord]]  # per tapped node
 
 
@@ -142,20 +155,29 @@ class Forward(NamedTuple):
     """What an input pass hands its backward besides ``saved``. For fully lean plans it holds Python
     values only (the custom op files it by configuration); fallback steps keep autograd graphs."""
 
-    chunks: List[Chunk]
+    chunks: List[Chunk]  # the head's chunks, then the tail (the whole batch, ``first`` > 0) if any
     x_shape: Tuple[int, ...]
     x_dtype: torch.dtype
     held: Dict[str, int]  # bytes saved, by kind: masks, codes, taps
+    input_scale: Optional[int]  # index in ``saved`` of the affine's scale, when the pass mapped the images
 
 
-def walk(plan: Plan, inp: torch.Tensor, run: Pass, taps: Container[str],
-         at_tap: Callable[[str, torch.Tensor], None]) -> List[Optional[StepRecord]]:
-    """Run ``plan`` on ``inp``; call ``at_tap(node name, features)`` at the nodes in ``taps``. Returns a
-    record per step when ``run`` keeps, else an empty list."""
-    env: Dict[str, Any] = {plan.input_name: inp}
+def entry_name(plan: Plan, first: int) -> str:
+    """The value a walk starting at step ``first`` begins from: the network input, or a cut's output."""
+    return plan.input_name if first == 0 else plan.steps[first - 1].name
+
+
+def walk(plan: Plan, inp: torch.Tensor, run: Pass, taps: Container[str], at_tap: Callable[[str, torch.Tensor], None],
+         first: int = 0, stop: Optional[int] = None) -> Tuple[List[Optional[StepRecord]], Optional[torch.Tensor]]:
+    """Run ``plan.steps[first:stop]`` from ``inp`` (the network input, or the output of the cut step
+    ``first - 1``); call ``at_tap(node name, features)`` at the nodes in ``taps``. Returns a record per
+    step when ``run`` keeps (else an empty list), and the output of the last step when ``stop`` is a
+    cut, for a walk of the rest to start from."""
+    stop = len(plan.steps) if stop is None else stop
+    env: Dict[str, Any] = {entry_name(plan, first): inp}
     records: List[Optional[StepRecord]] = []
     keeping = run.keeping
-    for step, free in zip(plan.steps, plan.free_after):
+    for step, free in zip(plan.steps[first:stop], plan.free_after[first:stop]):
         if keeping and step.rule is not CONST:
             ins = [env[n] for n in step.dynamic_inputs]  # read before the step: a ReLU may overwrite its input
             shapes = tuple((run.keep,) + tuple(a.shape[1:]) for a in ins)
@@ -172,13 +194,16 @@ def walk(plan: Plan, inp: torch.Tensor, run: Pass, taps: Container[str],
             at_tap(name, y)
         for name in free:
             del env[name]
-    return records
+    return records, env.get(entry_name(plan, stop)) if stop < len(plan.steps) else None
 
 
-def prepared_targets(call: Call, target_x: torch.Tensor) -> List[torch.Tensor]:
-    """``head.prepare_target(features at its tap)`` per head, from one no_grad pass of ``target_x``
-    that keeps nothing."""
-    out: List[Optional[torch.Tensor]] = [None] * len(call.heads)
+def prepared_targets(call: Call, target_x: torch.Tensor, first: int = 0, stop: Optional[int] = None,
+                     out: Optional[List[Optional[torch.Tensor]]] = None
+                     ) -> Tuple[List[Optional[torch.Tensor]], Optional[torch.Tensor]]:
+    """``head.prepare_target(features at its tap)`` for the heads met by a no_grad walk of
+    ``plan.steps[first:stop]`` from ``target_x`` that keeps nothing (filled into ``out``, one entry per
+    head), and the walk's output at ``stop`` (see :func:`walk`)."""
+    out = [None] * len(call.heads) if out is None else out
 
     def at_tap(name, features):
         heads = call.heads_at[name]
@@ -186,23 +211,61 @@ def prepared_targets(call: Call, target_x: torch.Tensor) -> List[torch.Tensor]:
             out[i] = t
 
     with torch.no_grad():
-        walk(call.plan, target_x, Pass(call.plan.gm, False), call.heads_at, at_tap)
-    return out
+        cut = walk(call.plan, target_x, Pass(call.plan.gm, False), call.heads_at, at_tap, first, stop)[1]
+    return out, cut
+
+
+def tail_start_for(plan: Plan, x: torch.Tensor, chunk_size: int, affine: Sequence = ()) -> int:
+    """Where the walk may stop chunking: the first step after a cut from which the whole batch's
+    transients (the input's and the target's values at the cut, then three activations of the widest
+    step on) are no more than one chunk's, so that the tail does not raise the peak; -1 when the
+    batch is one chunk or no such cut exists. Deep layers are narrow: they run as one batch, which
+    oneDNN computes faster per image than one-image chunks (and with fewer thread barriers)."""
+    if chunk_size >= x.shape[0]:
+        return -1
+    sample_shape = _network_sample_shape(x, affine)
+    chunk = chunk_size * TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, sample_shape, x.dtype)
+    return _tail_start(plan, sample_shape, x.dtype, x.shape[0], chunk)
+
+
+@torch.compiler.assume_constant_result  # a shape computation: torch.compile runs it once, eagerly
+def _tail_start(plan: Plan, sample_shape: Tuple[int, ...], dtype: torch.dtype, batch: int, budget: int) -> int:
+    per_step = plan.activation_bytes(sample_shape, dtype)
+    for k in plan.cuts:
+        if batch * (2 * per_step[k] + TRANSIENT_ACTIVATIONS * max(per_step[k + 1:])) <= budget:
+            return k + 1
+    return -1
 
 
 def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: Sequence[torch.Tensor],
-            need_grad: bool, chunk_size: int) -> Tuple[torch.Tensor, List[torch.Tensor], Forward]:
+            need_grad: bool, chunk_size: int, affine: Sequence[torch.Tensor] = (), tail_start: int = -1,
+            device_type: Optional[str] = None) -> Tuple[torch.Tensor, List[torch.Tensor], Forward]:
     """The input pass, ``chunk_size`` samples at a time: (values (B,), saved tensors, :class:`Forward`);
-    exactly one of ``target_x`` (images, B or 1) and ``targets`` (prepared, one per head, B or 1)."""
+    exactly one of ``target_x`` (images, B or 1) and ``targets`` (prepared, one per head, B or 1).
+    ``affine``: () when ``x`` and ``target_x`` are network input, else the loss's (scale, shift) that
+    maps each chunk's images to it (:func:`perfloss.inputs.to_network`). ``tail_start`` (from
+    :func:`tail_start_for`; -1: none): the chunks stop there, each keeping its value at the cut, and
+    the steps from there on run once over the whole batch, its targets' with it. ``device_type``: the
+    device the pass is for (default ``x``'s; the fake kernel walks meta tensors for a CPU pass)."""
+    def network_input(images: torch.Tensor) -> torch.Tensor:
+        return to_network(images, *affine) if affine else images
+
     b = x.shape[0]
-    split_target = target_x is not None and x.device.type in SPLIT_TARGET_PASS_DEVICES
+    split_target = target_x is not None and (device_type or x.device.type) in SPLIT_TARGET_PASS_DEVICES
     if split_target:
         target_x = target_x.detach().to(x.dtype)
         if target_x.shape[0] == 1:  # one target image serves every chunk: prepare it once
-            targets, target_x = prepared_targets(call, target_x), None
+            targets, target_x = prepared_targets(call, network_input(target_x))[0], None
+    if target_x is not None and not split_target:
+        tail_start = -1  # target images ride in the walk's batch: the chunks' rows are not the input's alone
+    head_stop = tail_start if tail_start > 0 else None
     run = Pass(call.plan.gm, need_grad)
+    # (a copy: the lean_forward custom op may not return one of its inputs; three numbers)
+    input_scale = run.save(affine[0].clone()) if affine and need_grad else None
     values: List[torch.Tensor] = []
     chunks: List[Chunk] = []
+    cuts: List[torch.Tensor] = []
+    target_cuts: List[torch.Tensor] = []
     for start in range(0, b, chunk_size):
         stop = min(start + chunk_size, b)
         rows = slice(start, stop)
@@ -210,22 +273,37 @@ def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targe
         if chunk_target_x is None:
             chunk_targets = [t[rows] if t.shape[0] > 1 else t for t in targets]
         elif split_target:
-            chunk_targets, chunk_target_x = prepared_targets(call, chunk_target_x), None
+            chunk_targets, target_cut = prepared_targets(call, network_input(chunk_target_x), stop=head_stop)
+            chunk_target_x = None
+            target_cuts.append(target_cut)
         else:  # the target images go through the walk with the input chunk
-            chunk_targets = []
+            chunk_targets, chunk_target_x = [], network_input(chunk_target_x)
         run.keep = stop - start if need_grad else 0
-        v, steps, taps = _forward_chunk(call, x[rows], chunk_target_x, chunk_targets, run)
+        v, steps, taps, cut = _forward_chunk(call, network_input(x[rows]), chunk_target_x, chunk_targets, run,
+                                             stop=head_stop)
         values.append(v)
-        chunks.append(Chunk(start, stop, steps, taps))
-    total = values[0] if len(values) == 1 else torch.cat(values)
-    return total, run.saved, Forward(chunks, tuple(x.shape), x.dtype, run.held)
+        chunks.append(Chunk(start, stop, 0, steps, taps))
+        cuts.append(cut)
+    total = values[0] if len(values) == 1 or values[0] is None else torch.cat(values)
+    if head_stop is not None:
+        if target_cuts:
+            targets = prepared_targets(call, torch.cat(target_cuts), first=head_stop)[0]
+        del target_cuts
+        run.keep = b if need_grad else 0
+        total, steps, taps, _ = _forward_chunk(call, torch.cat(cuts), None, list(targets), run, first=head_stop,
+                                               total=total)
+        chunks.append(Chunk(0, b, head_stop, steps, taps))
+    return total, run.saved, Forward(chunks, tuple(x.shape), x.dtype, run.held, input_scale)
 
 
 def _forward_chunk(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: List[torch.Tensor],
-                   run: Pass) -> Tuple[torch.Tensor, List[Optional[StepRecord]], Dict[str, Optional[TapRecord]]]:
+                   run: Pass, first: int = 0, stop: Optional[int] = None, total: Optional[torch.Tensor] = None):
+    """One walk of ``plan.steps[first:stop]`` over input rows ``x`` (and ``target_x``'s, batched with
+    them): (``total`` plus the heads' values met on the way, the step records, the tap records, the
+    value at ``stop``)."""
     b = x.shape[0]
-    values: List[torch.Tensor] = []
     tap_records: Dict[str, Optional[TapRecord]] = {}
+    values: List[torch.Tensor] = [] if total is None else [total]
 
     def at_tap(name, features):
         heads = [call.heads[i] for i in call.heads_at[name]]
@@ -242,22 +320,33 @@ def _forward_chunk(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor]
     # here, below autograd, would have no grad_fn and break an eager pass on x later in the region)
     inp = x.detach() if target_x is None else torch.cat([x.detach(), target_x.to(x.dtype)])
     with torch.no_grad():
-        records = walk(call.plan, inp, run, call.heads_at, at_tap)
-    total = values[0]
+        records, cut = walk(call.plan, inp, run, call.heads_at, at_tap, first, stop)
+    total = values[0] if values else None  # None: no tap among these steps
     for v in values[1:]:
         total = total + v
-    return total, records, tap_records
+    return total, records, tap_records, cut
 
 
 def backward(plan: Plan, fwd: Forward, saved: Sequence[torch.Tensor], grad_values: torch.Tensor):
-    """The gradient to the input of the forward that made ``fwd`` and ``saved``, for ``grad_values`` (B,),
-    one chunk at a time."""
+    """The gradient to the input of the forward that made ``fwd`` and ``saved``, for ``grad_values`` (B,):
+    the tail's steps first (the whole batch), then the head's chunk by chunk."""
+    chunks = fwd.chunks
+    cut_grad = None
+    if chunks[-1].first > 0:
+        tail, chunks = chunks[-1], chunks[:-1]
+        cut_grad = _backward_chunk(plan, tail, saved, grad_values, {}).get(entry_name(plan, tail.first))
+        cut_name = entry_name(plan, tail.first)
     gx = None
-    for chunk in fwd.chunks:
-        g = _backward_chunk(plan, chunk, saved, grad_values[chunk.start:chunk.stop])
+    for chunk in chunks:
+        seed = {} if cut_grad is None else {cut_name: cut_grad[chunk.start:chunk.stop]}
+        g = _backward_chunk(plan, chunk, saved, grad_values[chunk.start:chunk.stop], seed).get(plan.input_name)
         if g is None:  # nothing reaches the input
             return None
-        if len(fwd.chunks) == 1:
+        if fwd.input_scale is not None:  # back through to_network: the affine's scale, then the replication
+            g = g * saved[fwd.input_scale].to(g.dtype)
+            if fwd.x_shape[1] == 1:
+                g = g.sum(1, keepdim=True)
+        if len(chunks) == 1:
             return g.to(fwd.x_dtype)
         if gx is None:  # written chunk by chunk: no list of chunk gradients, no concatenated copy
             gx = torch.empty(fwd.x_shape, dtype=fwd.x_dtype, device=g.device,
@@ -266,10 +355,13 @@ def backward(plan: Plan, fwd: Forward, saved: Sequence[torch.Tensor], grad_value
     return gx
 
 
-def _backward_chunk(plan: Plan, chunk: Chunk, saved: Sequence[torch.Tensor], grad_values: torch.Tensor):
-    grads: Dict[str, torch.Tensor] = {}
+def _backward_chunk(plan: Plan, chunk: Chunk, saved: Sequence[torch.Tensor], grad_values: torch.Tensor,
+                    grads: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Back through the chunk's steps from ``grads`` (gradients by value name); returns what is left in
+    it: the gradient to the value the chunk's walk started from, if any reached it."""
+    walked = plan.steps[chunk.first:chunk.first + len(chunk.steps)]
     with torch.autocast(grad_values.device.type, enabled=False):
-        for step, rec in zip(reversed(plan.steps), reversed(chunk.steps)):
+        for step, rec in zip(reversed(walked), reversed(chunk.steps)):
             g = grads.pop(step.name, None)
             tap = chunk.taps.get(step.name)
             if tap is not None:
@@ -283,4 +375,4 @@ def _backward_chunk(plan: Plan, chunk: Chunk, saved: Sequence[torch.Tensor], gra
                 if gi.dtype != dtype:
                     gi = gi.to(dtype)
                 grads[name] = gi if name not in grads else grads[name] + gi
-    return grads.pop(plan.input_name, None)
+    return grads
