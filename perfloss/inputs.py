@@ -6,6 +6,10 @@ span, e.g. (0, 1) or (-1, 1); the map to ImageNet-normalised network input is fo
 per-channel affine x * scale + shift. No value checks run unless ``check_range=True``: reading
 min/max would force a host-device sync on every call.
 
+Images must also match the module they go into (``check_module_match``): same device as its weights,
+and the weights' dtype, or under ``torch.autocast`` either that or the autocast dtype (autocast casts
+both sides inside each convolution). Comparing dtypes and devices reads no values: no sync.
+
 Also here because every layer takes them from here: the argument checks shared by losses, ops and
 ``perfloss.pgn`` (``check_same``) and the batch reductions (``reduce``, ``REDUCTIONS``).
 """
@@ -51,6 +55,28 @@ def check_image(name: str, x, *, allow_grayscale: bool = True) -> None:
         raise ValueError(f"{name} must have {' or '.join(map(str, channels))} channels, got {x.shape[1]} (shape {tuple(x.shape)})")
     if x.shape[0] == 0:
         raise ValueError(f"{name} must hold at least one image, got shape {tuple(x.shape)}")
+
+
+def check_module_match(name: str, x: torch.Tensor, module: torch.nn.Module, module_name: str):
+    """``x`` can enter ``module`` (called ``module_name`` in the message): same device as its first
+    parameter, and its dtype (or, under autocast on x's device, the autocast dtype). Returns the
+    weights' dtype (None for a module without parameters, which takes anything)."""
+    weight = next(iter(module.parameters()), None)
+    if weight is None:
+        return None
+    if x.device != weight.device:
+        raise ValueError(
+            f"{name} is on {x.device} but the {module_name} module's weights are on {weight.device}: move the module "
+            f"with `{module_name}.to({str(x.device)!r})`, or the images with `{name}.to({str(weight.device)!r})`")
+    device_type = x.device.type
+    if x.dtype == weight.dtype or (torch.is_autocast_enabled(device_type)
+                                   and x.dtype == torch.get_autocast_dtype(device_type)):
+        return weight.dtype
+    raise TypeError(
+        f"{name} is {x.dtype} but the {module_name} module's weights are {weight.dtype}: convert the module with "
+        f"`{module_name}.to({x.dtype})`, or keep the module and images in {weight.dtype} and run it under "
+        f"`torch.autocast({device_type!r}, dtype=...)` for reduced precision (or cast the images with "
+        f"`{name}.to({weight.dtype})`)")
 
 
 def check_pair(input, target, *, same_shape: bool = True) -> None:

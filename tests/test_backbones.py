@@ -7,7 +7,9 @@ the file runs in seconds on CPU.
 """
 
 import copy
+import hashlib
 import operator
+import os
 
 import pytest
 import torch
@@ -492,7 +494,7 @@ def empty_hub(tmp_path, monkeypatch):
         calls.append((url, dst, kwargs.get("hash_prefix")))
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(weights_mod, "download", offline)
     return tmp_path / "hub" / "checkpoints", calls
 
 
@@ -509,11 +511,15 @@ def test_imagenet_offline_error(empty_hub):
     assert calls[-1][2] == "7be5be79"
 
 
-def test_imagenet_file_present(empty_hub):
+def test_imagenet_file_present(empty_hub, monkeypatch):
     directory, calls = empty_hub
     directory.mkdir(parents=True)
     sd = _torchvision_style("resnet18")
-    torch.save(sd, directory / "resnet18-f37072fd.pth")
+    torch.save(sd, directory / "saved.pth")
+    # the file name must carry the start of the file's sha256, as torchvision's do (weights are verified)
+    name = f"resnet18-{hashlib.sha256((directory / 'saved.pth').read_bytes()).hexdigest()[:8]}.pth"
+    os.replace(directory / "saved.pth", directory / name)
+    monkeypatch.setitem(weights_mod.IMAGENET_FILES, "resnet18", name)
     b = get_backbone("resnet18", ["layer1"], weights="imagenet")
     assert calls == []
     assert torch.equal(b.state_dict()["layer1.1.conv2.weight"], sd["layer1.1.conv2.weight"])

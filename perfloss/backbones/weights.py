@@ -4,9 +4,16 @@
 
 * ``None``: deterministic random init from a private generator (the global RNG is untouched), with a
   warning that such features are not perceptually meaningful;
-* ``"imagenet"``: torchvision's checkpoint file under ``$TORCH_HOME/hub/checkpoints`` (downloaded by
-  ``torch.hub`` when the network allows; otherwise a ``FileNotFoundError`` says where to put it);
+* ``"imagenet"``: torchvision's checkpoint file under ``$TORCH_HOME/hub/checkpoints`` (downloaded
+  when the network allows; otherwise a ``FileNotFoundError`` says where to put it);
 * a path (``str`` / ``os.PathLike``) to a ``.pth`` state dict, or a state dict itself.
+
+Files are verified before use. A torchvision-named file (``vgg16-397923af.pth``: the hex digits after
+the last ``-`` are the start of its sha256, as ``torch.hub``'s ``check_hash`` reads them) is hashed once
+per (path, size, mtime) in this process and must match, so a truncated or corrupted download is an
+error rather than a network with wrong weights. A file ``torch.load`` cannot read is a ``ValueError``
+naming the file and saying when it is truncated. Downloads time out (``DOWNLOAD_TIMEOUT_S`` without
+data), go to a temporary file in the same folder and are renamed only once complete and verified.
 
 Keys of torchvision's classifier layers are ignored; every other key must match in name and shape.
 Mismatches raise ``ValueError``: nothing is ever loaded with ``strict=False`` silently.
@@ -14,10 +21,15 @@ Mismatches raise ``ValueError``: nothing is ever loaded with ``strict=False`` si
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import re
+import urllib.request
+import uuid
 import warnings
-from typing import AbstractSet, Any, Mapping, Tuple
+import zipfile
+from typing import AbstractSet, Any, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -41,6 +53,108 @@ URL_ROOT = "https://download.pytorch.org/models/"
 
 RANDOM_SEED = 0
 _SHOWN = 5  # how many offending keys an error message lists
+DOWNLOAD_TIMEOUT_S = 60.0  # per blocking network operation (connect, each read)
+# torchvision's convention: name-<first hex digits of sha256>.pth. At least 8 digits and one letter, so
+# that a date or step number after the last dash ("run-20240101.pth") is not taken for a hash.
+_HASH_IN_NAME = re.compile(r"-(?=[0-9]*[a-f])([0-9a-f]{8,64})\.pth?$")
+_VERIFIED = set()  # (realpath, size, mtime_ns) of files whose hash matched their name
+
+
+def hash_prefix_of(path: str) -> Optional[str]:
+    """The sha256 prefix a torchvision-style file name carries, or None."""
+    match = _HASH_IN_NAME.search(os.path.basename(path))
+    return match.group(1) if match else None
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_file(path: str) -> None:
+    """Check a torchvision-named file against the hash prefix in its name (once per path, size and
+    mtime); files without one pass. Raises ``ValueError`` naming the file on a mismatch."""
+    prefix = hash_prefix_of(path)
+    if prefix is None:
+        return
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    digest = _sha256(path)
+    if not digest.startswith(prefix):
+        raise ValueError(
+            f"weights file {path!r} is corrupt or truncated ({st.st_size} bytes): its sha256 starts with "
+            f"{digest[:len(prefix)]} but its name says {prefix}; delete it and download it again (a file that "
+            f"is not torchvision's must not end in -<hex digits>.pth)")
+    _VERIFIED.add(key)
+
+
+def load_file(path, what: str = "weights file") -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)`` after :func:`verify_file`; a file
+    that cannot be read is a ``ValueError`` naming it (and saying when it is truncated), not a
+    traceback from inside torch.load. A missing file stays a ``FileNotFoundError``."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise ValueError(f"{what} {path!r} cannot be read: {err.strerror or err}") from err
+    verify_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        size = os.path.getsize(path)
+        # torch.save writes a zip archive whose directory is at the end; a pickle cut short hits EOF
+        truncated = (size == 0 or isinstance(err, EOFError)
+                     or any(word in str(err) for word in ("truncated", "unexpected EOF"))
+                     or (head == b"PK\x03\x04" and not zipfile.is_zipfile(path)))
+        state = "truncated" if truncated else "not a file torch.load can read"
+        raise ValueError(f"{what} {path!r} is {state} ({size} bytes): {type(err).__name__}: {err}") from err
+
+
+def temporary_beside(path: str) -> Tuple[int, str]:
+    """(fd, name) of a new, empty file next to ``path`` (same folder, so renaming it over ``path`` is
+    atomic), created with the umask's permissions (mkstemp's would be 0600)."""
+    directory, name = os.path.split(os.path.abspath(path))
+    while True:
+        tmp = os.path.join(directory, f".{name}.{uuid.uuid4().hex[:12]}.partial")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def download(url: str, dst: str, hash_prefix: Optional[str] = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Fetch ``url`` to ``dst``: into a temporary file in dst's folder, checked (complete, hash prefix)
+    and fsynced, then renamed; on any failure the temporary file is removed and ``dst`` never exists
+    half-written."""
+    fd, tmp = temporary_beside(dst)
+    try:
+        digest = hashlib.sha256()
+        received = 0
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=timeout) as response:
+            expected = response.headers.get("Content-Length") if response.headers else None
+            for block in iter(lambda: response.read(1 << 20), b""):
+                f.write(block)
+                digest.update(block)
+                received += len(block)
+            f.flush()
+            os.fsync(f.fileno())
+        if expected is not None and received != int(expected):
+            raise OSError(f"download of {url} truncated: got {received} of {expected} bytes")
+        if hash_prefix is not None and not digest.hexdigest().startswith(hash_prefix):
+            raise OSError(f"download of {url} is corrupt: sha256 {digest.hexdigest()} does not start with {hash_prefix}")
+        os.replace(tmp, dst)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def imagenet_path(name: str) -> str:
@@ -55,11 +169,9 @@ def imagenet_path(name: str) -> str:
     if os.path.isfile(path):
         return path
     url = URL_ROOT + filename
-    hash_prefix = filename[: -len(".pth")].rsplit("-", 1)[1]
     try:
         os.makedirs(directory, exist_ok=True)
-        # Looked up on torch.hub at call time so tests can replace it.
-        torch.hub.download_url_to_file(url, path, hash_prefix=hash_prefix, progress=False)
+        download(url, path, hash_prefix=hash_prefix_of(filename))
     except Exception as err:
         raise FileNotFoundError(
             f"ImageNet weights for {name} not found: place {filename} in {directory} "
@@ -80,7 +192,7 @@ def read_state_dict(weights: Any, name: str) -> Mapping[str, torch.Tensor]:
                 f"weights file {path!r} for {name} does not exist (weights= takes None, 'imagenet', "
                 f"a path to a .pth state dict, or a state dict)"
             )
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+        state_dict = load_file(path)
         where = f"file {path!r}"
     elif isinstance(weights, Mapping):
         state_dict = weights

@@ -51,8 +51,9 @@ def _call(plan_key, heads_spec, weights, lins, tap_grad_dtype) -> Call:
 
 
 def _file(key: str, fwd: Forward):
-    if len(_METAS) >= _MAX_METAS:
-        _METAS.clear()
+    _METAS.pop(key, None)  # re-filed at the end: the dict's order is least recently filed first
+    if len(_METAS) >= _MAX_METAS:  # drop the oldest configuration only, not one a pending backward may need
+        del _METAS[next(iter(_METAS))]
     _METAS[key] = fwd
 
 

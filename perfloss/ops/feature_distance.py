@@ -12,6 +12,11 @@ its 1e-10 outside the root and gives NaN there).
 With ``compute_grad`` the op also returns d(sum of values)/d f0, computed in the same pass: the
 autograd rule keeps only that gradient, and the lean engine stores it as a tap gradient.
 
+NaN and Inf propagate as through the plain-PyTorch formula and its autograd: a sample with a NaN
+(or Inf - Inf) has a NaN value, an Inf difference gives an Inf ``mse`` / ``l1`` value, and the
+gradient is NaN or Inf exactly where the formula's is (for ``cosine`` / ``lpips``, across that
+pixel's channels). No implementation turns them into finite numbers.
+
 Implementations: :func:`feature_distance_reference` (below), C++ ``csrc/feature_distance.cpp`` (CPU),
 Triton ``kernels/feature_distance.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """

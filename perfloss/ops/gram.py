@@ -3,6 +3,9 @@
 F is a (C, H*W) view of each sample; G is (C, C), accumulated in float32 and returned in the
 features' dtype. The backward needs F (as eager's bmm does): dF = (dG + dG^T) F / N.
 
+NaN and Inf propagate as through eager's ``bmm``: a NaN in channel i makes row and column i of that
+sample's Gram NaN; an Inf gives Inf (or NaN where it meets a zero or an opposite sign).
+
 Implementations: :func:`gram_reference` (below), C++ ``csrc/gram.cpp`` (CPU), Triton
 ``kernels/gram.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """

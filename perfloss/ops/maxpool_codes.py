@@ -4,7 +4,9 @@
 ``max_pool2d(x, ...)`` and ``codes`` holds, for every output element of the first ``keep`` samples
 (NCHW order), the position ``kh_i * kw + kw_i`` of the maximum inside its window, packed at
 :func:`perfloss.kernels.common.code_bits` bits (2 bits for 2x2 windows, 4 for 3x3), instead of eager's int64 indices.
-Ties and NaN resolve as in eager PyTorch (first maximum in row-major window order; NaN wins).
+Ties and NaN resolve as in eager PyTorch (first maximum in row-major window order; NaN wins, and
+an Inf is a maximum like any other), so ``y`` and the routed gradient equal eager's bit for bit,
+NaN and Inf included.
 
 ``maxpool_unroute(grad, codes, input_hw, kernel, stride, padding, dilation) -> grad_in`` routes
 each output gradient back to its argmax, accumulating where windows overlap (3x3 stride 2):

@@ -6,6 +6,8 @@
 copy folds those into its first convolution and passes the identity, so the op is then the
 concatenation and the channels_last layout change, fused.
 
+Elementwise: NaN and Inf pass through as in the formula.
+
 Implementations: :func:`pgn_input_reference` (below) and Triton ``kernels/pgn_input.py`` (CUDA);
 see :mod:`perfloss.ops.library`.
 """

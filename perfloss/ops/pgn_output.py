@@ -10,6 +10,9 @@ channels_last when the network's body runs in it, whatever y_hat's layout). Infe
 no autograd formula (the PGN's training path uses the plain-PyTorch
 :func:`perfloss.pgn.outputs.apply_output`).
 
+Elementwise: NaN in ``out`` or ``y_hat`` gives NaN in the entries computed from it, as the formula
+does; sigmoid maps +-Inf to 1 and 0.
+
 Implementations: :func:`pgn_output_reference` (below) and Triton ``kernels/pgn_output.py`` (CUDA);
 see :mod:`perfloss.ops.library`.
 """

@@ -13,6 +13,13 @@ the layout the mask was packed in (contiguous or channels_last); ``grad_in`` has
 Both match eager autograd exactly (ReLU backward passes where the output is > 0, LeakyReLU where
 the input is > 0: the same set for non-NaN inputs).
 
+NaN and Inf: ``y`` is exactly PyTorch's (NaN stays NaN, +-Inf map as ReLU / LeakyReLU map them). A NaN
+input's mask bit is 0 (NaN > 0 is false), so the backward gives ``negative_slope * grad`` there,
+as LeakyReLU's eager backward does; eager ReLU's backward passes ``grad`` at a NaN input instead (its
+output, NaN, is not <= 0), while here it is 0: the loss value is NaN either way. A NaN or Inf in
+``grad`` propagates where the bit is set (and, with a slope, elsewhere); with slope 0 the masked-out
+entries are exactly 0, as in eager.
+
 Implementations: the ``*_reference`` functions below, C++ ``csrc/relu_mask.cpp`` (CPU), Triton
 ``kernels/relu_mask.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """
@@ -44,7 +51,9 @@ def relu_mask_inplace_reference(x: torch.Tensor, negative_slope: float, keep: in
 def relu_mask_backward_reference(grad: torch.Tensor, mask: torch.Tensor, negative_slope: float) -> torch.Tensor:
     flat = memory_flat(grad)
     bits = unpack(mask, 1, flat.numel()).bool()
-    return from_memory_flat(torch.where(bits, flat, flat * negative_slope), grad.shape, work_channels_last(grad))
+    # ReLU's backward selects 0 (never 0 * grad, which is NaN for an infinite or NaN grad)
+    other = flat * negative_slope if negative_slope != 0.0 else torch.zeros((), dtype=flat.dtype)
+    return from_memory_flat(torch.where(bits, flat, other), grad.shape, work_channels_last(grad))
 
 
 relu_mask_op = library.define("relu_mask", relu_mask_reference,

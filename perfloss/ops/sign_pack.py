@@ -7,6 +7,11 @@ The L1 head's gradient is ``weight / (C H W) * sign(f - target)``: the lean engi
 with ``t[b] = grad_values[b] * (sign[b] * scale)`` in ``scale``'s dtype: bit-for-bit what eager
 autograd gives for ``grad_values[b] * g[b]`` when ``g = sign * scale``.
 
+NaN: a 2-bit code has no room for it, so a NaN in ``g`` packs as 0 (zero) where eager's
+``torch.sign`` gives NaN. The L1 head's value at that tap is NaN itself, so the loss shows it; the
+stored gradient is 0 there. In ``sign_unpack``, NaN or Inf in ``grad_values`` or ``scale``
+propagate as eager's multiplication does (0 * Inf is NaN).
+
 Implementations: the ``*_reference`` functions below, C++ ``csrc/sign_pack.cpp`` (CPU), Triton
 ``kernels/sign_pack.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """

@@ -5,6 +5,10 @@ value_b = sum_ij (G_b - T_b)_ij^2 with G = F F^T / (C H W) (Johnson et al.), and
 autograd and the lean engine keep that gradient and nothing else. The target Gram T is (B, C, C)
 or (1, C, C) (one style image for the whole batch); it can be computed once and cached.
 
+NaN and Inf propagate as through the plain-PyTorch formula (Gram, difference, square, sum) and its
+autograd: a NaN anywhere in a sample's features makes its value NaN, and the gradient is NaN or Inf
+where the formula's is.
+
 Implementations: :func:`style_loss_reference` (below), C++ ``csrc/style_loss.cpp`` (CPU), Triton
 ``kernels/style_loss.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """

@@ -3,6 +3,10 @@
 value_b = mean |x[h+1] - x[h]| + mean |x[w+1] - x[w]| (``l1``) or the same with squares (``l2``),
 each mean taken over that direction's C*(H-1)*W or C*H*(W-1) differences.
 
+NaN and Inf propagate as through the plain-PyTorch formula and its autograd: a NaN pixel (or two
+equal Infs side by side, Inf - Inf) makes the sample's value NaN; the gradient is NaN or Inf where
+the formula's is, at that pixel and its neighbours.
+
 Implementations: :func:`tv_loss_reference` (below), C++ ``csrc/tv_loss.cpp`` (CPU), Triton
 ``kernels/tv_loss.py`` (CUDA); see :mod:`perfloss.ops.library`.
 """

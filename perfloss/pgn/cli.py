@@ -36,6 +36,7 @@ def run(args) -> int:
     if (args.images is None) == (args.procedural is None):
         print("pgn-train: give exactly one of --images DIR and --procedural N")
         return 2
+    torch.manual_seed(args.seed)  # the PGN's initial weights too: two runs with one seed are the same run
     images = args.images if args.images is not None else procedural_images(args.procedural, args.size, args.seed)
     weights = None if args.teacher_weights in (None, "none") else args.teacher_weights
     if weights is None:
@@ -49,15 +50,29 @@ def run(args) -> int:
             print(f"pgn-train: --grad-scale must be a number or 'auto', got {grad_scale!r}")
             return 2
     pgn = PerceptualGradientNetwork(args.arch, output=args.output, grad_scale=grad_scale)
+    resume_state = False
     if args.resume:
-        pgn = PerceptualGradientNetwork.load(args.resume)
+        from perfloss import checkpoint
+        from perfloss.backbones.weights import load_file
+        saved = load_file(args.resume, "--resume file")
+        resume_state = isinstance(saved, dict) and saved.get("format") == checkpoint.FORMAT
+        if resume_state:  # a trainer_state.pt: the PGN as configured then; its weights come with resume()
+            config = dict(saved["extra"]["pgn_config"], input_range=tuple(saved["extra"]["pgn_config"]["input_range"]))
+            pgn = PerceptualGradientNetwork(**config)
+        else:
+            pgn = PerceptualGradientNetwork.load(args.resume)
     teacher = build_teacher(args.teacher, weights, pgn.input_range, args.teacher_engine)
     trainer = PGNTrainer(pgn, teacher, images, batch_size=args.batch_size, crop=args.crop, lr=args.lr,
                          grad_coef=args.grad_coef, grad_loss=args.grad_loss, perceptual_coef=args.perceptual_coef,
                          l1_coef=args.l1_coef,
                          device=args.device, checkpoint_dir=args.checkpoint_dir,
                          checkpoint_every=args.checkpoint_every, progress=not args.no_progress, seed=args.seed)
-    trainer.train(steps=args.steps, minutes=args.minutes, eval_every=args.eval_every)
+    steps = args.steps
+    if resume_state:
+        trainer.resume(args.resume)
+        steps = None if steps is None else max(0, steps - trainer.step_count)  # --steps counts the whole run
+        print(f"pgn-train: resumed from {args.resume} at step {trainer.step_count}")
+    trainer.train(steps=steps, minutes=args.minutes, eval_every=args.eval_every)
     final = trainer.eval_history[-1]
     print(f"pgn-train: {trainer.step_count} steps; held-out cosine {final['cosine']:.4f}, "
           f"relative error {final['rel_error']:.4f}")
@@ -86,7 +101,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("pgn-train", help="distil a perceptual loss into a perceptual gradient network",
                               description=__doc__)
     src = p.add_argument_group("images")
-    src.add_argument("--images", help="folder of .png/.ppm/.pgm/.pt images")
+    src.add_argument("--images", help="folder of images (JPEG, PNG, WebP, BMP, TIFF; sub-folders included)")
     src.add_argument("--procedural", type=int, metavar="N", help="use N procedurally generated images instead")
     src.add_argument("--size", type=int, default=64, help="size of procedural images (default 64)")
     src.add_argument("--crop", type=int, default=None, help="random crop size (default: whole images)")
@@ -98,7 +113,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                      help="s: a number, 'auto' (calibrated from the teacher on the first batch; recommended for any "
                           "teacher but the paper's ImageNet VGG-19 at 224x224), or unset (the paper's 0.025 ResNet, "
                           "0.048 UNet)")
-    net.add_argument("--resume", help="start from this PGN checkpoint (its config wins)")
+    net.add_argument("--resume", help="continue from this checkpoint: a trainer_state.pt from --checkpoint-dir "
+                                      "continues the run exactly (run the same command with --resume added; "
+                                      "--steps counts from the run's start); a PGN file (pgn_last.pt, --out) "
+                                      "starts a new run from its weights. The file's PGN config wins.")
     t = p.add_argument_group("teacher")
     t.add_argument("--teacher", default="vgg19", help="'vgg19' (the paper's) or 'BACKBONE:TAP,TAP,...'")
     t.add_argument("--teacher-engine", choices=("lean", "eager"), default=None,

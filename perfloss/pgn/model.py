@@ -1,11 +1,12 @@
 """PerceptualGradientNetwork: predicts a perceptual loss's gradient from (generated, target)."""
-import os
 from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD, check_same
+from perfloss.backbones.weights import load_file
+from perfloss.checkpoint import atomic_save
+from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD, check_module_match, check_same
 
 from .outputs import OUTPUTS, apply_output, calibrate_grad_scale
 from .networks import ARCHS, build_body
@@ -15,8 +16,9 @@ CHECKPOINT_VERSION = 1
 DEFAULT_GRAD_SCALE = {"resnet4": 0.025, "resnet6": 0.025, "resnet8": 0.025, "unet": 0.048}
 
 
-def check_images(y_hat, y, *, names=("y_hat", "y")) -> None:
-    """Both are float (N, 3, H, W) tensors of one shape, dtype and device."""
+def check_images(y_hat, y, *, names=("y_hat", "y"), module: Optional[nn.Module] = None) -> None:
+    """Both are float (N, 3, H, W) tensors of one shape, dtype and device (and, given ``module``, the
+    network's device and dtype: :func:`perfloss.inputs.check_module_match`)."""
     for name, t in zip(names, (y_hat, y)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -25,6 +27,8 @@ def check_images(y_hat, y, *, names=("y_hat", "y")) -> None:
         if t.dim() != 4 or t.shape[1] != 3:
             raise ValueError(f"{name} must have shape (N, 3, H, W), got {tuple(t.shape)}")
     check_same(names[0], y_hat, names[1], y)
+    if module is not None:
+        check_module_match(names[0], y_hat, module, "pgn")
 
 
 class PerceptualGradientNetwork(nn.Module):
@@ -101,12 +105,12 @@ class PerceptualGradientNetwork(nn.Module):
     def save(self, path, **extra) -> None:
         """Write config + weights (+ JSON-like ``extra``) to ``path``; read back with :meth:`load`."""
         state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config(),
-                    "state_dict": state, "extra": extra}, os.fspath(path))
+        atomic_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "config": self.config(),
+                     "state_dict": state, "extra": extra}, path, keep_previous=False)
 
     @classmethod
     def load(cls, path, map_location="cpu") -> "PerceptualGradientNetwork":
-        ckpt = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+        ckpt = load_file(path, "PGN checkpoint")
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a perfloss PGN checkpoint (written by PerceptualGradientNetwork.save)")
         if ckpt.get("version") != CHECKPOINT_VERSION:
@@ -118,7 +122,7 @@ class PerceptualGradientNetwork(nn.Module):
         net = cls(**cfg)
         net.load_state_dict(ckpt["state_dict"])  # strict: key mismatches are errors
         net.checkpoint_extra = ckpt.get("extra", {})
-        return net
+        return net.to(map_location)
 
     # -- forward ----------------------------------------------------------------------------------
     def normalize_input(self, y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -126,7 +130,7 @@ class PerceptualGradientNetwork(nn.Module):
         return x * self.in_scale.to(x.dtype) + self.in_shift.to(x.dtype)
 
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor):
-        check_images(y_hat, y)
+        check_images(y_hat, y, module=self)
         if self.grad_scale is None:
             raise RuntimeError("grad_scale='auto' is not calibrated yet: call pgn.calibrate_grad_scale(y_hat, y, "
                                "g_true) first (PGNTrainer does this on its first batch)")

@@ -31,7 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import batches_from_iterable, batches_from_pool, center_crop, image_pool
+from perfloss import checkpoint
+
+from ..images import center_crop
+from .data import batches_from_iterable, batches_from_pool, image_pool
 from .generators import AutoencoderGenerator
 from .model import PerceptualGradientNetwork
 from .teacher import paper_teacher, per_sample_sum, teacher_gradient
@@ -56,7 +59,7 @@ class PGNTrainer:
         teacher: any callable ``loss(input, target)`` (a perfloss loss or your own); None = the paper's
             VGG-19 avg-pool L1 teacher (:func:`perfloss.pgn.teacher.paper_teacher`) with ``teacher_weights``.
             Its parameters are set to ``requires_grad=False``.
-        images: a folder of .png/.ppm/.pgm/.pt images, a tensor (N, 3, H, W), a list of (3, H, W) tensors,
+        images: a folder of images (JPEG, PNG, WebP, BMP, TIFF; sub-folders included), a tensor (N, 3, H, W), a list of (3, H, W) tensors,
             or any iterable of (3, H, W) images / (N, 3, H, W) batches (training stops when it ends).
         holdout: images for the held-out metrics; None takes ``n_holdout`` images out of a folder/tensor/list
             (or the first batch of an iterable).
@@ -78,9 +81,12 @@ class PGNTrainer:
     gradient MSE is minimised by p -> y_hat (g -> 0) long before directions are learnt.
 
     ``train(steps=..., minutes=...)`` runs the loop (tqdm progress unless ``progress=False``), evaluates
-    every ``eval_every`` steps (``eval_history``), and writes ``checkpoint_dir/pgn_last.pt`` every
-    ``checkpoint_every`` steps and at the end (:meth:`PerceptualGradientNetwork.save` format, with the
-    step and the last held-out metrics).
+    every ``eval_every`` steps (``eval_history``), and every ``checkpoint_every`` steps and at the end
+    writes, atomically (:mod:`perfloss.checkpoint`), ``checkpoint_dir/pgn_last.pt`` (the network:
+    :meth:`PerceptualGradientNetwork.save` format, with the step and the last held-out metrics) and
+    ``checkpoint_dir/trainer_state.pt`` (everything a run needs to continue: :meth:`save_state`; the
+    one before is kept as ``trainer_state.pt.prev``). A trainer built with the same arguments continues
+    from it with :meth:`resume`, exactly as the uninterrupted run would have.
     """
 
     def __init__(self, pgn=None, teacher: Optional[Callable] = None, images=None, *, holdout=None,
@@ -307,16 +313,62 @@ class PGNTrainer:
         self.history.append(record)
         return record
 
-    # -- loop -------------------------------------------------------------------------------------
+    # -- checkpoints ------------------------------------------------------------------------------
+    def _checkpoint_path(self, path, default_name: str) -> str:
+        if path is not None:
+            return os.fspath(path)
+        if self.checkpoint_dir is None:
+            raise ValueError("no checkpoint path: pass path=... or checkpoint_dir=...")
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        return os.path.join(self.checkpoint_dir, default_name)
+
     def save_checkpoint(self, path=None) -> str:
-        if path is None:
-            if self.checkpoint_dir is None:
-                raise ValueError("no checkpoint path: pass path=... or checkpoint_dir=...")
-            os.makedirs(self.checkpoint_dir, exist_ok=True)
-            path = os.path.join(self.checkpoint_dir, "pgn_last.pt")
+        """Write the PGN (:meth:`PerceptualGradientNetwork.save` format) to ``path`` (default
+        ``checkpoint_dir/pgn_last.pt``) atomically; returns the path."""
+        path = self._checkpoint_path(path, "pgn_last.pt")
         last_eval = self.eval_history[-1] if self.eval_history else {}
-        self.pgn.save(path, step=self.step_count, metrics={k: float(v) for k, v in last_eval.items()})
-        return os.fspath(path)
+        metrics = {k: float(v) for k, v in last_eval.items()}
+        return checkpoint.atomic_write(path, lambda tmp: self.pgn.save(tmp, step=self.step_count, metrics=metrics),
+                                       keep_previous=False)
+
+    def _stateful(self) -> Dict[str, object]:
+        objects = {"pgn": self.pgn, "optimizer": self.optimizer}
+        for i, (gen, gen_opt) in enumerate(self.generators):
+            objects[f"generator{i}"], objects[f"generator{i}_optimizer"] = gen, gen_opt
+        return objects
+
+    def save_state(self, path=None) -> str:
+        """Write the whole training state to ``path`` (default ``checkpoint_dir/trainer_state.pt``)
+        atomically, keeping the previous file as ``<path>.prev``: PGN and online generators with their
+        optimizers, step and plateau counters, gradient-clipping average, histories, calibration, RNG
+        states. Returns the path."""
+        path = self._checkpoint_path(path, "trainer_state.pt")
+        extra = {"pgn_config": self.pgn.config(), "grad_norm_avg": self.grad_norm_avg,
+                 "generator_state": self._gen_state, "resets": self.resets, "calibration": self.calibration,
+                 "history": self.history, "eval_history": self.eval_history}
+        return checkpoint.save_training_state(path, self._stateful(), self.step_count, extra)
+
+    def resume(self, path) -> "PGNTrainer":
+        """Continue from a :meth:`save_state` file. This trainer must have been built with the arguments
+        of the run that wrote it (same PGN architecture, images, batch size, seed...); the batch stream
+        is advanced past the batches already trained on (an iterable source is read again from its
+        start to get there). Returns self."""
+        if self.step_count:
+            raise RuntimeError(f"resume() needs a trainer that has not trained yet; this one is at step {self.step_count}")
+        state = checkpoint.read_training_state(path)
+        config = state["extra"]["pgn_config"]
+        if config["arch"] != self.pgn.arch or config["output"] != self.pgn.output:
+            raise ValueError(f"{os.fspath(path)!r} was written for a PGN {config}, this trainer has {self.pgn.config()}")
+        step, extra = checkpoint.restore_training_state(state, self._stateful(), source=f"checkpoint {os.fspath(path)!r}")
+        self.pgn.grad_scale = None if config["grad_scale"] == "auto" else config["grad_scale"]
+        self.grad_norm_avg = extra["grad_norm_avg"]
+        self._gen_state = [dict(st) for st in extra["generator_state"]]
+        self.resets, self.calibration = extra["resets"], extra["calibration"]
+        self.history, self.eval_history = list(extra["history"]), list(extra["eval_history"])
+        for _ in range(step):  # each step took one batch
+            next(self._batches)
+        self.step_count = step
+        return self
 
     def train(self, steps: Optional[int] = None, minutes: Optional[float] = None, eval_every: int = 100,
               callback: Optional[Callable[[dict], None]] = None) -> List[dict]:
@@ -351,6 +403,7 @@ class PGNTrainer:
                 bar.set_postfix(grad_loss=f"{record['grad_loss']:.3g}", cos=f"{record['cosine']:.3f}")
                 if self.checkpoint_dir is not None and self.step_count % self.checkpoint_every == 0:
                     self.save_checkpoint()
+                    self.save_state()
         finally:
             bar.close()
         if not self.eval_history or self.eval_history[-1]["step"] != self.step_count:
@@ -358,4 +411,5 @@ class PGNTrainer:
                                           time_s=time.perf_counter() - start))
         if self.checkpoint_dir is not None:
             self.save_checkpoint()
+            self.save_state()
         return self.history
