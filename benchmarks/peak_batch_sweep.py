@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from perfloss import bench
+from perfloss import bench, plots
 
 import _timing  # benchmarks/_timing.py, next to this script
 
@@ -150,32 +150,22 @@ def markdown(rows: List[Dict], args) -> str:
     return "\n\n".join(sections)
 
 
-def plot(rows: List[Dict], args, env: Dict[str, str], path: str) -> None:
-    """PNG: peak MiB against batch (log2 axis), one line per engine, one panel per loss."""
-    import matplotlib
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+def plot(rows: List[Dict], args, env: Dict[str, str], path: str):
+    """PNG: peak MiB against batch (log axis), one line per engine, one panel per loss; returns the Figure."""
     by_key = _lookup(rows)
-    fig, axes = plt.subplots(1, len(args.losses), figsize=(4.5 * len(args.losses), 4), squeeze=False)
-    for ax, name in zip(axes[0], args.losses):
+    panels = []
+    for name in args.losses:
+        curves = {}
         for engine in args.engines:
             points = [(b, by_key[(name, engine, b)]["peak_mib"]) for b in args.batches
                       if by_key[(name, engine, b)]["peak_mib"] is not None]
             if points:
-                ax.plot(*zip(*points), marker="o", label=engine)
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(args.batches), [str(b) for b in args.batches])
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("peak MiB of forward+backward")
-        ax.set_title(LOSSES[name], fontsize=10)
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"Peak memory per engine, {args.size}x{args.size} {precision_label(args.autocast)}, "
-                 f"{env['device']} ({env.get('device_name', env['machine'])}), torch {env['torch']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+                curves[engine] = tuple(zip(*points))
+        panels.append(plots.Panel(curves, LOSSES[name], "batch size", "peak MiB of forward+backward",
+                                  logx=True, xticks=list(args.batches)))
+    return plots.plot_panels(path, panels, title=(
+        f"Peak memory per engine, {args.size}x{args.size} {precision_label(args.autocast)}, "
+        f"{env['device']} ({env.get('device_name', env['machine'])}), torch {env['torch']}"))
 
 
 def parse_args(argv: Optional[List[str]]):

@@ -11,16 +11,14 @@ their teacher loss on held-out images.
 s = 0.025, which is about 9x too small for this random-weight 64x64 teacher: see
 benchmarks/results/pgn_cpu_NOTE.md.)
 
-Writes benchmarks/results/pgn_cpu_{pgn_curve.csv, generators.csv, summary.json, curves.png, grid.png}.
-The plot: left panel, held-out cosine (y from -1 to 1) against training minutes (blue: fixed held-out
-pairs; green: held-out images through the current online generators); right panel,
-generator teacher loss (log scale) against generator step: blue = PGN gradient, red = true gradient,
-grey = pixel L1.
+Writes benchmarks/results/pgn_cpu_{pgn_curve.csv, generators.csv, summary.json, curves.png, grid.png}
+(figures with matplotlib: pip install perfloss[plot]). curves.png: left, held-out cosine(predicted,
+true gradient) against PGN training minutes; right, the generators' teacher loss (log scale) against
+generator step. ``--replot`` redraws curves.png from the CSV and JSON files without training.
 """
 import argparse
 import csv
 import json
-import math
 import os
 import platform
 import sys
@@ -33,77 +31,58 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from perfloss import plots  # noqa: E402
 from perfloss.pgn import (AutoencoderGenerator, PerceptualGradientNetwork, PGNTrainer, ProxyTargetLoss,  # noqa: E402
                           fold, visualize)
 from perfloss.pgn.data import procedural_images  # noqa: E402
-from perfloss.pgn.png import write_png  # noqa: E402
 from perfloss.pgn.teacher import per_sample_sum, teacher_gradient  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
-# -- a tiny plotting rasteriser (no matplotlib here) -------------------------------------------------
-_FONT = {  # 3x5 bitmaps
-    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111", "3": "111001111001111",
-    "4": "101101111001001", "5": "111100111001111", "6": "111100111101111", "7": "111001010010010",
-    "8": "111101111101111", "9": "111101111001111", ".": "000000000000010", "-": "000000111000000",
-    "e": "000111101110011", " ": "000000000000000",
-}
+GENERATOR_LABELS = {"pgn": "PGN gradient (ProxyTargetLoss)", "true": "true teacher gradient",
+                    "pixel_l1": "pixel L1 (reference)"}
 
 
-def _text(img, x, y, s, color=(0, 0, 0), scale=2):
-    for k, ch in enumerate(s):
-        bits = _FONT.get(ch, _FONT[" "])
-        for i, b in enumerate(bits):
-            if b == "1":
-                r, c = divmod(i, 3)
-                y0, x0 = y + r * scale, x + (k * 4 + c) * scale
-                img[y0:y0 + scale, x0:x0 + scale] = torch.tensor(color, dtype=torch.uint8)
+def plot(path, pgn_curve, gen_curves, summary):
+    """Left: held-out cosine(predicted, true gradient) against PGN training minutes; right: the
+    generators' teacher loss (log scale) against generator step. Returns the Figure."""
+    minutes = [r["minutes"] for r in pgn_curve]
+    cosine = {"fixed held-out pairs": (minutes, [r["cosine"] for r in pgn_curve]),
+              "held-out images through the online generators": (minutes, [r["online_cosine"] for r in pgn_curve])}
+    reference = "pixel-MSE gradient on the fixed pairs (reference)"
+    pixel_cos = summary["pgn"].get("heldout_cosine_of_pixel_mse_gradient")
+    if pixel_cos is not None:
+        cosine[reference] = ([0, minutes[-1]], [pixel_cos, pixel_cos])
+    losses = {GENERATOR_LABELS[k]: (c["step"], c["teacher_loss"]) for k, c in gen_curves.items()}
+    config, pgn = summary["config"], summary["pgn"]
+    return plots.plot_panels(path, [
+        plots.Panel(cosine, f"PGN distillation ({pgn['arch']}, {pgn.get('output', pgn.get('head'))} output, "
+                            f"{pgn['train_steps']} steps)",
+                    "PGN training time (minutes of wall clock)", "cosine(predicted, true gradient), held out",
+                    dashed=[reference]),
+        plots.Panel(losses, f"Generators: {summary['generators']['steps']} Adam steps on each gradient",
+                    "generator step", "teacher loss per held-out image (log scale)", logy=True,
+                    dashed=[GENERATOR_LABELS["pixel_l1"]]),
+    ], title=f"PGN on CPU: teacher {summary['teacher']}, {config['size']}x{config['size']} procedural images, "
+             f"batch {config['batch_size']}")
 
 
-def _line(img, x0, y0, x1, y1, color, width=2):
-    n = int(max(abs(x1 - x0), abs(y1 - y0))) + 1
-    for t in torch.linspace(0, 1, n + 1).tolist():
-        x, y = round(x0 + (x1 - x0) * t), round(y0 + (y1 - y0) * t)
-        img[max(0, y - width // 2):y + (width + 1) // 2, max(0, x - width // 2):x + (width + 1) // 2] = \
-            torch.tensor(color, dtype=torch.uint8)
-
-
-def _panel(img, left, top, w, h, series, xmax, ymin, ymax, log_y=False, yticks=()):
-    _line(img, left, top + h, left + w, top + h, (0, 0, 0), 1)
-    _line(img, left, top, left, top + h, (0, 0, 0), 1)
-    f = (lambda v: math.log10(v)) if log_y else (lambda v: v)
-    lo, hi = f(ymin), f(ymax)
-
-    def to_px(x, y):
-        return left + w * x / xmax, top + h - h * (f(max(y, ymin)) - lo) / (hi - lo)
-    for tick in yticks:
-        _, py = to_px(0, tick)
-        _line(img, left - 4, py, left, py, (0, 0, 0), 1)
-        label = f"{tick:g}" if not log_y else f"{tick:.0e}".replace("+0", "").replace("+", "")
-        _text(img, left - 46, int(py) - 5, label)
-    _text(img, left + w - 40, top + h + 6, f"{xmax:g}"[:6])
-    _text(img, left, top + h + 6, "0")
-    for xs, ys, color in series:
-        pts = [to_px(x, y) for x, y in zip(xs, ys) if math.isfinite(y)]
-        for (a, b), (c, d) in zip(pts, pts[1:]):
-            _line(img, a, b, c, d, color)
-
-
-def plot(path, pgn_curve, gen_curves):
-    img = torch.full((300, 820, 3), 255, dtype=torch.uint8)
-    xs = [r["minutes"] for r in pgn_curve]
-    _panel(img, 50, 20, 320, 250, [(xs, [r["cosine"] for r in pgn_curve], (0, 90, 200)),
-                                   (xs, [r.get("online_cosine", float("nan")) for r in pgn_curve], (0, 160, 60))],
-           max(xs[-1], 1e-3), -1.0, 1.0, yticks=(-1, -0.5, 0, 0.5, 1))
-    colors = {"pgn": (0, 90, 200), "true": (210, 30, 30), "pixel_l1": (140, 140, 140)}
-    allv = [v for c in gen_curves.values() for v in c["teacher_loss"]]
-    series = [(c["step"], c["teacher_loss"], colors[k]) for k, c in gen_curves.items()]
-    steps = max(max(c["step"]) for c in gen_curves.values())
-    ymin, ymax = min(allv) * 0.9, max(allv) * 1.1
-    ticks = [10 ** e for e in range(math.floor(math.log10(ymin)), math.ceil(math.log10(ymax)) + 1)
-             if ymin <= 10 ** e <= ymax] or [ymin, ymax]
-    _panel(img, 480, 20, 320, 250, series, steps, ymin, ymax, log_y=True, yticks=ticks)
-    write_png(path, img)
+def replot(out, prefix):
+    """Redraw <prefix>_curves.png from the CSV and JSON files a run saved in ``out`` (no training)."""
+    p = lambda name: os.path.join(out, f"{prefix}_{name}")  # noqa: E731
+    with open(p("pgn_curve.csv"), newline="") as f:
+        pgn_curve = [{k: float(v) if v else float("nan") for k, v in row.items()} for row in csv.DictReader(f)]
+    gen_curves = {}
+    with open(p("generators.csv"), newline="") as f:
+        for row in csv.DictReader(f):
+            c = gen_curves.setdefault(row["generator_gradient"], {"step": [], "teacher_loss": []})
+            c["step"].append(int(row["step"]))
+            c["teacher_loss"].append(float(row["teacher_loss"]))
+    with open(p("summary.json")) as f:
+        summary = json.load(f)
+    fig = plot(p("curves.png"), pgn_curve, gen_curves, summary)
+    print("wrote", p("curves.png"))
+    return fig
 
 
 # -- the benchmark --------------------------------------------------------------------------------
@@ -162,7 +141,11 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=RESULTS)
     ap.add_argument("--prefix", default="pgn_cpu")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw <out>/<prefix>_curves.png from the CSV and JSON files of an earlier run")
     args = ap.parse_args(argv)
+    if args.replot:
+        return replot(args.out, args.prefix)
     torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
     from perfloss.pgn.cli import build_teacher
@@ -232,11 +215,11 @@ def main(argv=None):
         for kind, c in gen_curves.items():
             for s, v, sec in zip(c["step"], c["teacher_loss"], c["seconds"]):
                 w.writerow([kind, s, f"{v:.6g}", f"{sec:.2f}"])
-    plot(p("curves.png"), pgn_curve, gen_curves)
     with torch.no_grad():
         pgn.eval()
         proxy, g_pred = pgn(trainer.eval_y_hat, trainer.eval_y)
-    visualize(trainer.eval_y_hat, trainer.eval_y, proxy, g_pred, trainer.eval_g_true, p("grid.png"))
+    visualize(trainer.eval_y_hat, trainer.eval_y, proxy, g_pred, trainer.eval_g_true, p("grid.png"),
+              title=f"PGN {args.arch} ({args.output} output) after {pgn_steps} steps: held-out pairs")
     summary = {
         "command": "nice -n 10 python benchmarks/pgn_cpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -262,6 +245,7 @@ def main(argv=None):
     }
     with open(p("summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    plot(p("curves.png"), pgn_curve, gen_curves, summary)
     print(json.dumps(summary["pgn"], indent=1))
     print(json.dumps(summary["generators"], indent=1))
     return summary

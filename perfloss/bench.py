@@ -20,6 +20,7 @@ from typing import Dict, List, Optional
 import torch
 
 import perfloss
+from perfloss import plots
 from perfloss.engine.memory import graph_saved_bytes, peak_bytes
 
 LOSSES = ("content", "style", "johnson", "l1", "lpips")
@@ -164,6 +165,26 @@ def format_table(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: List[Dict], env: Dict[str, str], path):
+    """Grouped bars, one group per loss and one bar per engine: median time (left) and peak memory
+    (right) of one forward+backward; written to ``path``, returned as a matplotlib Figure."""
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+
+    def per_engine(key):
+        return {e: ([r["loss"] for r in rows if r["engine"] == e], [r[key] for r in rows if r["engine"] == e])
+                for e in engines}
+    first = rows[0]
+    precision = first["dtype"] + (f", autocast {first['autocast']}" if first["autocast"] else "")
+    device = env.get("device_name", env.get("machine", first["device"]))
+    return plots.plot_panels(path, [
+        plots.Panel(per_engine("median_ms"), "Median time of one forward+backward", "loss",
+                    "time (ms)", kind="bar"),
+        plots.Panel(per_engine("peak_mb"), "Peak memory of one forward+backward", "loss",
+                    "peak memory above resident (MiB)", kind="bar"),
+    ], title=(f"perfloss bench: {first['backbone']}, batch {first['batch']}, {first['size']}x{first['size']}, "
+              f"{precision}, {first['device']} ({device}), torch {env.get('torch', torch.__version__)}"))
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("bench", help="time and memory of loss forward+backward per engine",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -181,10 +202,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--json", help="write the results and environment as JSON")
     p.add_argument("--csv", help="write the results as CSV")
+    p.add_argument("--plot", metavar="FILE",
+                   help="draw time and peak memory per engine as bar charts to FILE (.png, .pdf, .svg; "
+                        "needs matplotlib: pip install perfloss[plot])")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
+    if args.plot:
+        plots.require_matplotlib()  # fail before the measurements, not after
     rows = run(args)
     print(format_table(rows))
     env = environment(rows[0]["device"]) if rows else {}
@@ -198,4 +224,7 @@ def main(args) -> int:
             writer.writeheader()
             for r in rows:
                 writer.writerow({**r, **env})
+    if args.plot:
+        plot(rows, env, args.plot)
+        print(f"wrote {args.plot}")
     return 0

@@ -9,10 +9,11 @@ def test_bench_writes_table_json_and_csv(tmp_path, capsys):
     json_path, csv_path = tmp_path / "bench.json", tmp_path / "bench.csv"
     code = main(["bench", "--loss", "content", "style", "--engine", "eager", "lean", "checkpoint", "compile",
                  "--size", "16", "--batch", "2", "--repeat", "1", "--warmup", "1",
-                 "--json", str(json_path), "--csv", str(csv_path)])
+                 "--json", str(json_path), "--csv", str(csv_path), "--plot", str(tmp_path / "bench.png")])
     assert code == 0
     out = capsys.readouterr().out
     assert "held MB" in out and "lean" in out and "compile" in out
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # labels: tests/test_plots.py
     results = json.loads(json_path.read_text())
     rows = results["results"]
     assert {(r["loss"], r["engine"]) for r in rows} == {

@@ -1,14 +1,13 @@
 import argparse
 import json
 import math
-import struct
-import zlib
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from perfloss.images import write_image
 from perfloss.pgn import PerceptualGradientNetwork, PGNTrainer
 from perfloss.pgn import cli as pgn_cli
 from perfloss.pgn.data import procedural_images
@@ -87,24 +86,11 @@ def test_trainer_calibrates_auto_grad_scale_and_relative_grad_loss():
         PGNTrainer("resnet4", TinyTeacher(), images, grad_loss="l1")
 
 
-def _write_png_rgb(path, img_u8):
-    h, w, _ = img_u8.shape
-    raw = b"".join(b"\x00" + bytes(img_u8[r].flatten().tolist()) for r in range(h))
-
-    def chunk(k, d):
-        return struct.pack(">I", len(d)) + k + d + struct.pack(">I", zlib.crc32(k + d))
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-    path.write_bytes(data)
-
-
 def test_trainer_reads_a_folder_and_iterables(tmp_path):
-    imgs = (procedural_images(6, 20, seed=3) * 255).round().to(torch.uint8)
-    for i, img in enumerate(imgs[:3]):
-        _write_png_rgb(tmp_path / f"im{i}.png", img.permute(1, 2, 0))
-    for i, img in enumerate(imgs[3:]):
-        hwc = img.permute(1, 2, 0).contiguous()
-        (tmp_path / f"im{i}.ppm").write_bytes(b"P6\n# c\n20 20\n255\n" + bytes(hwc.flatten().tolist()))
+    imgs = procedural_images(6, 20, seed=3)
+    (tmp_path / "sub").mkdir()
+    for i, img in enumerate(imgs):  # PNG and JPEG, in the folder and a sub-folder
+        write_image(tmp_path / ("sub" if i % 2 else "") / f"im{i}{'.png' if i < 3 else '.jpg'}", img)
     trainer = PGNTrainer("resnet4", TinyTeacher(), str(tmp_path), batch_size=2, crop=16, progress=False,
                          n_holdout=2, generator_depths=(1,))
     assert trainer.eval_y.shape == (2, 3, 16, 16)
@@ -147,6 +133,26 @@ def test_cli_pgn_train(tmp_path, monkeypatch):
     assert PerceptualGradientNetwork.load(out2).output == "direct"
     args = parser.parse_args(["pgn-train", "--procedural", "4", "--steps", "1", "--grad-scale", "big"])
     assert args.func(args) == 2
+
+
+def test_cli_pgn_train_reads_a_jpeg_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(pgn_cli, "build_teacher", lambda spec, weights, input_range, engine: TinyTeacher())
+    folder = tmp_path / "photos" / "nested"
+    folder.mkdir(parents=True)
+    for i, img in enumerate(procedural_images(5, 24, seed=4)):
+        write_image(folder / f"photo{i}.JPG", img)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    parser = argparse.ArgumentParser(prog="perfloss")
+    pgn_cli.add_parser(parser.add_subparsers(dest="command"))
+    command = ["pgn-train", "--images", str(tmp_path / "photos"), "--crop", "16", "--steps", "1", "--batch-size", "2",
+               "--no-progress", "--out", str(tmp_path / "pgn.pt"), "--eval-every", "0"]
+    with pytest.raises(ValueError, match="broken.jpg"):  # an unreadable file is named, never dropped silently
+        args = parser.parse_args(command)
+        args.func(args)
+    (folder / "broken.jpg").unlink()
+    args = parser.parse_args(command)
+    assert args.func(args) == 0
+    assert PerceptualGradientNetwork.load(tmp_path / "pgn.pt").arch == "resnet4"
 
 
 def test_trainer_with_a_perfloss_teacher():

@@ -20,6 +20,9 @@ def batch_norm(channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels)
 
 
+NORMS = {"instance": instance_norm, "batch": batch_norm}
+
+
 def check_image_batch(x: torch.Tensor, min_side: int) -> None:
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"input must be an image batch shaped (B, 3, H, W), got {tuple(x.shape)}")

@@ -2,8 +2,8 @@
 import torch
 from torch import nn
 
-from perfloss.models.blocks import (ConvNormReLU, PaddedConv, ResidualBlock, UpsampleConvNormReLU,
-                                    check_image_batch, instance_norm, to_unit_range)
+from perfloss.models.blocks import (NORMS, ConvNormReLU, PaddedConv, ResidualBlock, UpsampleConvNormReLU,
+                                    check_image_batch, to_unit_range)
 
 
 class TransformNet(nn.Module):
@@ -12,9 +12,10 @@ class TransformNet(nn.Module):
     ``base_channels`` (32) and ``residual_blocks`` (5) are the paper's; the widths double at each
     downsampling. Differences from the paper, all common practice since:
 
-    - InstanceNorm2d(affine=True) in place of BatchNorm (Ulyanov et al.'s later, standard variant:
-      each image is stylised on its own, independent of its batch), then ReLU, after every conv but
-      the last;
+    - ``norm="instance"`` (default): InstanceNorm2d(affine=True) in place of the paper's BatchNorm
+      (Ulyanov et al.'s later, standard variant: each image is stylised on its own, independent of
+      its batch); ``norm="batch"``: the paper's BatchNorm2d. Either is followed by ReLU, after every
+      conv but the last;
     - reflection padding everywhere, and padded residual blocks (the paper cropped unpadded ones);
     - the two upsampling stages are nearest-neighbour x2 followed by a 3x3 conv instead of
       stride-1/2 convs, which avoids checkerboard artefacts;
@@ -22,22 +23,25 @@ class TransformNet(nn.Module):
       default (the paper scaled tanh to [0, 255]).
 
     Input: (B, 3, H, W) images, H and W at least 5 (any size: the decoder returns to H x W).
-    Output: the same shape, in [0, 1]. 1,679,235 parameters with the defaults.
+    Output: the same shape, in [0, 1]. 1,679,235 parameters with the defaults (either norm: both
+    have a scale and a shift per channel).
     """
 
-    def __init__(self, base_channels: int = 32, residual_blocks: int = 5):
+    def __init__(self, base_channels: int = 32, residual_blocks: int = 5, norm: str = "instance"):
         super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {tuple(NORMS)}, got {norm!r}")
         if not isinstance(base_channels, int) or base_channels < 1:
             raise ValueError(f"base_channels must be a positive int, got {base_channels!r}")
         if not isinstance(residual_blocks, int) or residual_blocks < 0:
             raise ValueError(f"residual_blocks must be a non-negative int, got {residual_blocks!r}")
-        c = base_channels
-        self.c9s1 = ConvNormReLU(3, c, 9, instance_norm)
-        self.d2 = ConvNormReLU(c, 2 * c, 3, instance_norm, stride=2)
-        self.d4 = ConvNormReLU(2 * c, 4 * c, 3, instance_norm, stride=2)
-        self.residual = nn.Sequential(*[ResidualBlock(4 * c, instance_norm) for _ in range(residual_blocks)])
-        self.u2 = UpsampleConvNormReLU(4 * c, 2 * c, instance_norm)
-        self.u1 = UpsampleConvNormReLU(2 * c, c, instance_norm)
+        c, make_norm = base_channels, NORMS[norm]
+        self.c9s1 = ConvNormReLU(3, c, 9, make_norm)
+        self.d2 = ConvNormReLU(c, 2 * c, 3, make_norm, stride=2)
+        self.d4 = ConvNormReLU(2 * c, 4 * c, 3, make_norm, stride=2)
+        self.residual = nn.Sequential(*[ResidualBlock(4 * c, make_norm) for _ in range(residual_blocks)])
+        self.u2 = UpsampleConvNormReLU(4 * c, 2 * c, make_norm)
+        self.u1 = UpsampleConvNormReLU(2 * c, c, make_norm)
         self.to_rgb = PaddedConv(c, 3, 9)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

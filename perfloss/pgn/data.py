@@ -6,20 +6,15 @@ from typing import Iterator, List, Optional
 import torch
 import torch.nn.functional as F
 
-from .png import read_image
+from ..images import list_images, random_crop, read_image
 
-IMAGE_EXTENSIONS = (".png", ".ppm", ".pgm", ".pnm", ".pt")
+__all__ = ["load_folder", "procedural_images", "image_pool", "batches_from_pool", "batches_from_iterable"]
 
 
 def load_folder(path) -> List[torch.Tensor]:
-    """Every .png/.ppm/.pgm/.pt image directly in ``path`` (sorted by name), as float (3, H, W) in [0, 1]."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"image folder {path!r} does not exist")
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
-    if not names:
-        raise ValueError(f"image folder {path!r} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
-    return [read_image(os.path.join(path, n)) for n in names]
+    """Every image in the folder ``path`` and its sub-folders (the formats and order of
+    :func:`perfloss.images.list_images`), read into memory as float (3, H, W) in [0, 1]."""
+    return [read_image(p) for p in list_images(path, recursive=True)]
 
 
 def _smooth_noise(n, size, cells, gen):
@@ -65,30 +60,6 @@ def procedural_images(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:
     return torch.stack(images)
 
 
-def _random_crop(img: torch.Tensor, crop: Optional[int], gen: torch.Generator) -> torch.Tensor:
-    if crop is None:
-        return img
-    h, w = img.shape[-2:]
-    if h < crop or w < crop:
-        scale = crop / min(h, w)
-        img = F.interpolate(img[None], size=(max(crop, round(h * scale)), max(crop, round(w * scale))),
-                            mode="bilinear", align_corners=False)[0]
-        h, w = img.shape[-2:]
-    top = int(torch.randint(0, h - crop + 1, (1,), generator=gen))
-    left = int(torch.randint(0, w - crop + 1, (1,), generator=gen))
-    return img[:, top:top + crop, left:left + crop]
-
-
-def center_crop(img: torch.Tensor, crop: Optional[int]) -> torch.Tensor:
-    if crop is None:
-        return img
-    h, w = img.shape[-2:]
-    if h < crop or w < crop:
-        return _random_crop(img, crop, torch.Generator().manual_seed(0))
-    top, left = (h - crop) // 2, (w - crop) // 2
-    return img[..., top:top + crop, left:left + crop]
-
-
 def _check_image(t, where: str) -> torch.Tensor:
     if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.dim() not in (3, 4) or t.shape[-3] != 3:
         shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
@@ -119,7 +90,7 @@ def batches_from_pool(pool: List[torch.Tensor], batch_size: int, crop: Optional[
         raise ValueError("images have different sizes: pass crop=<size>")
     while True:
         idx = torch.randint(0, len(pool), (batch_size,), generator=gen).tolist()
-        yield torch.stack([_random_crop(pool[i], crop, gen) for i in idx])
+        yield torch.stack([random_crop(pool[i], crop, gen) for i in idx])
 
 
 def batches_from_iterable(iterable, batch_size: int, crop: Optional[int], seed: int = 0) -> Iterator[torch.Tensor]:
@@ -129,9 +100,9 @@ def batches_from_iterable(iterable, batch_size: int, crop: Optional[int], seed: 
     for item in iterable:
         _check_image(item, "the image iterable")
         if item.dim() == 4:
-            yield torch.stack([_random_crop(t, crop, gen) for t in item]) if crop else item
+            yield torch.stack([random_crop(t, crop, gen) for t in item]) if crop else item
             continue
-        pending.append(_random_crop(item, crop, gen))
+        pending.append(random_crop(item, crop, gen))
         if len(pending) == batch_size:
             yield torch.stack(pending)
             pending = []
