@@ -22,7 +22,7 @@ __all__ = ["Backbone", "get_backbone", "list_backbones", "list_taps"]
 
 # name -> architecture module (each provides NAMES, HEAD_PREFIXES and build(name, pooling)).
 _ARCHS = {name: arch for arch in (vgg, alexnet, squeezenet, resnet) for name in arch.NAMES}
-_POOLINGS = ("max", "avg")
+_POOLINGS = ("max", "avg", "l2")
 
 
 def list_backbones() -> List[str]:
@@ -59,13 +59,14 @@ def get_backbone(
             order is the network's.
         weights: ``None`` (seeded random init, with a warning), ``"imagenet"`` (torchvision's file in
             ``torch.hub.get_dir()/checkpoints``), a path to a ``.pth`` state dict, or a state dict.
-        pooling: ``"max"``, or ``"avg"`` (VGG only) to replace every max-pool by an average pool.
+        pooling: ``"max"``; or, VGG only, ``"avg"`` to replace every max-pool by an average pool, ``"l2"``
+            by DISTS's L2 pooling.
     """
     arch = _arch(name)
     if pooling not in _POOLINGS:
-        raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
-    if pooling == "avg" and arch is not vgg:
-        raise ValueError(f"pooling='avg' is only available for VGG networks, not {name}")
+        raise ValueError(f"pooling must be one of {_POOLINGS}, got {pooling!r}")
+    if pooling != "max" and arch is not vgg:
+        raise ValueError(f"pooling={pooling!r} is only available for VGG networks, not {name}")
     # Build on the meta device: the layer constructors' default init would otherwise draw from the
     # global RNG (and waste time); Backbone materialises the tensors and the loader fills them.
     with torch.device("meta"):

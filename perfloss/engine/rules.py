@@ -13,6 +13,7 @@ kind                 ops                                  kept for backward
 ``relu``             nn.ReLU, nn.LeakyReLU, F.relu, ...    1-bit packed sign mask
 ``maxpool``          nn.MaxPool2d                         2/4/8-bit window argmax code per output
 ``avgpool``          nn.AvgPool2d                         nothing
+``l2pool``           DISTS's L2 pooling (vgg.l2_pool2d)   its input (the output is recomputed in backward)
 ``adaptive_avgpool`` nn.AdaptiveAvgPool2d                 nothing
 ``bn``               eval nn.BatchNorm2d                  nothing (scale = weight / sqrt(var + eps))
 ``identity``         eval Dropout, Identity, contiguous   nothing
@@ -40,6 +41,7 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from perfloss.backbones.vgg import L2_POOL_PADDING, L2_POOL_STRIDE, l2_pool2d, l2_pool_weight
 from perfloss.kernels.common import acc_dtype, code_bits, memory_format_of, pair, work_channels_last
 from perfloss.ops.maxpool_codes import maxpool_codes, maxpool_unroute
 from perfloss.ops.relu_mask import relu_mask, relu_mask_, relu_mask_backward
@@ -400,6 +402,36 @@ class Reshape(Rule):
         return (g.reshape(rec.in_shapes[0]),)
 
 
+class L2Pool(Rule):
+    """DISTS's L2 pooling y = sqrt(w * x^2 + eps) (depthwise, stride 2). Its exact gradient
+    2 x (w^T * (g / (2 y))) needs x and y: forward keeps x (its index in ``saved``), backward
+    recomputes y from it; eager autograd would keep x, x^2 and y."""
+
+    kind = "l2pool"
+    keeps = "its input (the output is recomputed in backward)"
+    fresh_output = True
+
+    def match_call(self, node, dynamic_inputs):
+        return {} if node.op == "call_function" and node.target is l2_pool2d and len(dynamic_inputs) == 1 else None
+
+    def forward(self, step, env, run):
+        x = env[step.dynamic_inputs[0]]
+        y = l2_pool2d(x)
+        if not run.keeping:
+            return y, None
+        kept = x[:run.keep]
+        # a slice would hold the whole batch's storage (target rows included): keep a copy then
+        return y, run.save(kept if kept.shape[0] == x.shape[0] else kept.clone(), "inputs")
+
+    def backward(self, step, rec, g, saved):
+        x = saved[rec.kept]
+        gz = g.to(x.dtype) / (2 * l2_pool2d(x))
+        weight = l2_pool_weight(x.shape[1], x.dtype, x.device)
+        g2 = torch.nn.grad.conv2d_input(x.shape, weight, gz, stride=L2_POOL_STRIDE,
+                                         padding=L2_POOL_PADDING, groups=x.shape[1])
+        return (2 * x * g2,)
+
+
 class Graph(NamedTuple):
     """A fallback step's autograd graph: leaves standing for its dynamic inputs, and its output."""
 
@@ -437,7 +469,7 @@ class Fallback(Rule):
 
 
 RULES: Tuple[Rule, ...] = (Conv(), Relu(), MaxPool(), AvgPool(), AdaptiveAvgPool(), BatchNorm(), Identity(), Add(),
-                           Scale(), Cat(), Reshape())
+                           Scale(), Cat(), Reshape(), L2Pool())
 LEAN_KINDS = tuple(r.kind for r in RULES)
 CONST = Const()
 FALLBACK = Fallback()
