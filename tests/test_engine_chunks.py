@@ -247,3 +247,17 @@ def _value_and_grad_eager(net, heads, x, t):
     v = eager_values(net, heads, x, target_x=t)
     (g,) = torch.autograd.grad(v, x, torch.linspace(0.5, 1.5, x.shape[0], dtype=x.dtype))
     return v.detach(), g
+
+
+def test_automatic_chunks_for_bf16_images_under_autocast():
+    """The memory estimate propagates shapes in the weights' dtype: bf16 images (as autocast makes them)
+    into an fp32 network pick a chunk size instead of failing, and count 2 bytes per element."""
+    plan = compile_plan(frozen(Toy()))
+    x = torch.rand(4, 3, 16, 16, dtype=torch.bfloat16)
+    fp32 = plan.activation_bytes((3, 16, 16), torch.float32)
+    assert plan.activation_bytes((3, 16, 16), torch.bfloat16) == [b // 2 for b in fp32]
+    x.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        v = lean_loss(plan, x, [TapHead("c", "mse")], target_x=torch.rand(4, 3, 16, 16, dtype=torch.bfloat16))
+    v.sum().backward()
+    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()

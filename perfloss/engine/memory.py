@@ -97,7 +97,8 @@ def hook_saved_bytes(fn: Callable, *args, exclude: Iterable[torch.Tensor] = (), 
 
 def lean_expected_bytes(plan, x_shape: Sequence[int], heads: Sequence, dtype: torch.dtype = torch.float32,
                         tap_grad_dtype: Optional[torch.dtype] = None) -> Dict[str, int]:
-    """The lean figure for ``plan`` on inputs of ``x_shape``: {"masks", "codes", "taps", "total"} bytes.
+    """The lean figure for ``plan`` on inputs of ``x_shape``: {"masks", "codes", "taps", "inputs", "total"}
+    bytes.
 
     The input pass (with target images) runs on meta tensors over a meta copy of the network and
     counts what it saves; fallback steps' autograd graphs are not included.

@@ -114,16 +114,19 @@ class Plan:
         return self._on_meta
 
     def activation_bytes(self, sample_shape: Sequence[int], dtype: torch.dtype) -> List[int]:
-        """Bytes per sample of each step's output for inputs of ``sample_shape`` (C, H, W); 0 for a step
-        whose output is not a tensor."""
+        """Bytes per sample of each step's output for inputs of ``sample_shape`` (C, H, W) in ``dtype``; 0
+        for a step whose output is not a tensor. Shapes are propagated in the weights' dtype (an input
+        in another, e.g. bf16 under autocast, would not pass the convolutions of a meta network)."""
         key = (tuple(sample_shape), dtype)
         if key not in self._activations:
             from torch.fx.passes.shape_prop import ShapeProp
 
             gm = self.on_meta().gm
-            ShapeProp(gm).propagate(torch.empty((1,) + key[0], dtype=dtype, device="meta"))
+            weight = next(iter(gm.parameters()), None)
+            ShapeProp(gm).propagate(torch.empty((1,) + key[0], dtype=dtype if weight is None else weight.dtype,
+                                                device="meta"))
             metas = {n.name: n.meta.get("tensor_meta") for n in gm.graph.nodes}
-            self._activations[key] = [m.shape.numel() * m.dtype.itemsize if hasattr(m, "shape") else 0
+            self._activations[key] = [m.shape.numel() * dtype.itemsize if hasattr(m, "shape") else 0
                                       for m in (metas.get(s.name) for s in self.steps)]
         return self._activations[key]
 

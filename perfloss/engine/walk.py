@@ -16,6 +16,7 @@ that costs no more than a chunk. Given the loss's ``affine`` (its map from
 pixels to network input), each chunk's images are mapped as the chunk starts, so no normalised copy
 of the whole batch exists either.
 """
+import copy
 from typing import Any, Callable, Container, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -101,7 +102,9 @@ def to_meta(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def on_meta(call: Call) -> Call:
     """``call`` over the plan's meta copy, LPIPS weights on meta too: a walk of shapes and dtypes only."""
-    heads = [TapHead(h.tap, h.kind, h.weight, to_meta(h.lin)) for h in call.heads]
+    # a copy of each head of its own class (DISTS heads too) whose tensors are meta stand-ins: the memo hands
+    # deepcopy the replacements, so no tensor's data is read (under torch.compile they are fake tensors)
+    heads = [copy.deepcopy(h, memo={id(t): to_meta(t) for t in h.buffers()}) for h in call.heads]
     return Call(call.plan.on_meta(), heads, call.tap_grad_dtype)
 
 
@@ -116,14 +119,15 @@ class Pass:
         self.gm = gm
         self.keep = 0
         self.saved: Optional[List[torch.Tensor]] = [] if keeping else None
-        self.held = dict(masks=0, codes=0, taps=0)
+        self.held = dict(masks=0, codes=0, taps=0, inputs=0)
 
     @property
     def keeping(self) -> bool:
         return self.saved is not None
 
     def save(self, t: torch.Tensor, holds: Optional[str] = None) -> int:
-        """Keep ``t`` for backward; ``holds``: the kind of bytes it is (masks, codes, taps) or None."""
+        """Keep ``t`` for backward; ``holds``: the kind of bytes it is (masks, codes, taps, or inputs: a step's
+        input kept whole, where its exact gradient needs it) or None."""
         self.saved.append(t)
         if holds is not None:
             self.held[holds] += t.nbytes
@@ -158,7 +162,7 @@ class Forward(NamedTuple):
     chunks: List[Chunk]  # the head's chunks, then the tail (the whole batch, ``first`` > 0) if any
     x_shape: Tuple[int, ...]
     x_dtype: torch.dtype
-    held: Dict[str, int]  # bytes saved, by kind: masks, codes, taps
+    held: Dict[str, int]  # bytes saved, by kind: masks, codes, taps, inputs
     input_scale: Optional[int]  # index in ``saved`` of the affine's scale, when the pass mapped the images
 
 

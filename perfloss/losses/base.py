@@ -88,26 +88,39 @@ class BackboneLoss(nn.Module):
         return f"input_range={self.input_range}, reduction={self.reduction!r}, engine={self.engine!r}"
 
     # -- inputs ---------------------------------------------------------------------------------
-    def network_input(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """Checked, range-mapped network input for image batch ``x`` (argument ``name``)."""
+    def checked_images(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Image batch ``x`` (argument ``name``), checked, in the weights' dtype. The map to network input
+        (:meth:`to_network`) happens in the pass: on the lean engine chunk by chunk, so that no
+        normalised copy of the whole batch is made."""
         inputs.check_image(name, x)
+        weight_dtype = inputs.check_module_match(name, x, self.backbone, "loss")
         if self.check_range:
             inputs.check_values(name, x, self.input_range)
         self.backbone.check_input_size(x.shape[-2], x.shape[-1])
-        return inputs.to_network(x, self.scale, self.shift)
+        if weight_dtype is not None and x.dtype != weight_dtype:
+            # images in the autocast dtype: autocast casts every conv to that dtype anyway, but the
+            # steps around the convs (and the lean engine's plan) expect the weights' dtype
+            x = x.to(weight_dtype)
+        return x
 
-    def target_representations(self, target_x: torch.Tensor) -> List[torch.Tensor]:
-        """Each head's target (features, or Grams) from normalised target images."""
+    def to_network(self, images: torch.Tensor) -> torch.Tensor:
+        """Checked images mapped to the network's input (``input_range`` and ImageNet statistics)."""
+        return inputs.to_network(images, self.scale, self.shift)
+
+    def target_representations(self, target_x: torch.Tensor, heads: Optional[Sequence[TapHead]] = None
+                               ) -> List[torch.Tensor]:
+        """Each head's target (features, or Grams) from checked target images; ``heads``: default all."""
+        heads = self.heads if heads is None else heads
         with torch.set_grad_enabled(torch.is_grad_enabled() and target_x.requires_grad):
-            features = self.backbone(target_x)
-            return [head.prepare_target(features[head.tap]) for head in self.heads]
+            features = self.backbone(self.to_network(target_x))
+            return [head.prepare_target(features[head.tap]) for head in heads]
 
     # -- the pass -------------------------------------------------------------------------------
     def per_sample(self, x: torch.Tensor, target_x: Optional[torch.Tensor] = None,
                    targets: Optional[List[torch.Tensor]] = None) -> torch.Tensor:
-        """Per-sample loss (B,) of normalised input ``x`` against target images or ready targets.
+        """Per-sample loss (B,) of checked images ``x`` against target images or ready targets.
 
-        Exactly one of ``target_x`` (normalised images shaped like x) and ``targets`` (one per head).
+        Exactly one of ``target_x`` (checked images shaped like x) and ``targets`` (one per head).
         """
         grad_to_input = torch.is_grad_enabled() and x.requires_grad
         grad_to_target = torch.is_grad_enabled() and (
@@ -115,13 +128,14 @@ class BackboneLoss(nn.Module):
         if self.engine == "lean" and grad_to_input and not grad_to_target:
             return lean_engine.lean_loss(lean_engine.plan_for(self.backbone), x, list(self.heads), targets=targets,
                                          target_x=target_x, tap_grad_dtype=self.tap_grad_dtype,
-                                         chunk_size=self.chunk_size)
+                                         chunk_size=self.chunk_size, affine=(self.scale, self.shift))
         if targets is None and grad_to_input and not grad_to_target:
             # The target's activations must not join the input's graph: run it alone under no_grad.
             targets = self.target_representations(target_x)
+        x = self.to_network(x)
         if targets is None:
             # No graph to keep apart: input and target share one batched pass.
-            both = self.backbone(torch.cat([x, target_x]))
+            both = self.backbone(torch.cat([x, self.to_network(target_x)]))
             b = x.shape[0]
             features = {tap: f[:b] for tap, f in both.items()}
             targets = [head.prepare_target(both[head.tap][b:]) for head in self.heads]

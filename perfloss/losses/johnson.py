@@ -41,11 +41,9 @@ class JohnsonLoss(StyleTargetMixin, BackboneLoss):
     def forward(self, input: torch.Tensor, content_target: torch.Tensor,
                 style_target: Optional[torch.Tensor] = None) -> torch.Tensor:
         inputs.check_pair(input, content_target)
-        x = self.network_input("input", input)
-        content = self.network_input("content_target", content_target)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and content_target.requires_grad):
-            content_features = self.backbone(content)
-            targets = [head.prepare_target(content_features[head.tap]) for head in self.heads[:self.num_content]]
+        x = self.checked_images("input", input)
+        content = self.checked_images("content_target", content_target)
+        targets = self.target_representations(content, self.heads[:self.num_content])
         if style_target is None:
             targets += self.cached_grams()
         else:

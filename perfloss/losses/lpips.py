@@ -11,8 +11,10 @@ from typing import Dict, List
 
 import torch
 
+from perfloss.backbones.weights import load_file
 from perfloss.heads import TapHead
 from perfloss.inputs import check_pair
+from perfloss.ops.feature_distance import unit_normalize
 from perfloss.losses.base import BackboneLoss, build_backbone
 
 # network -> (perfloss backbone, taps the lpips package reads)
@@ -45,7 +47,7 @@ def load_lin_weights(lin_weights, net: str, version: str, channels: List[int]) -
     if lin_weights is None:
         lin_weights = packaged_lin_weights_path(net, version)
     if isinstance(lin_weights, (str, os.PathLike)):
-        state: Dict[str, torch.Tensor] = torch.load(lin_weights, map_location="cpu", weights_only=True)
+        state: Dict[str, torch.Tensor] = load_file(lin_weights, "lin_weights file")
     elif isinstance(lin_weights, dict):
         state = lin_weights
     else:
@@ -94,5 +96,23 @@ class LPIPS(BackboneLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_pair(input, target)
-        x, t = self.network_input("input", input), self.network_input("target", target)
+        x, t = self.checked_images("input", input), self.checked_images("target", target)
         return self.reduce(self.per_sample(x, target_x=t))
+
+    def layer_maps(self, input: torch.Tensor, target: torch.Tensor) -> List[torch.Tensor]:
+        """Each layer's distance map (B, 1, h, w) at that layer's resolution, through eager autograd.
+
+        The spatial mean of a map is that layer's term of ``forward``'s value (the lpips package's
+        ``spatial=True`` and ``retPerLayer=True`` outputs are built from these).
+        """
+        check_pair(input, target)
+        x, t = self.checked_images("input", input), self.checked_images("target", target)
+        features = self.backbone(self.to_network(x))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and t.requires_grad):
+            target_features = self.backbone(self.to_network(t))
+        maps = []
+        for head in self.heads:
+            f0, f1 = features[head.tap], target_features[head.tap]
+            d = (unit_normalize(f0) - unit_normalize(f1.to(f0.dtype))).square()
+            maps.append((d * head.lin.to(d.dtype).view(1, -1, 1, 1)).sum(1, keepdim=True))
+        return maps

@@ -32,5 +32,5 @@ class PerceptualLoss(BackboneLoss):
 
     def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         inputs.check_pair(input, target)
-        x, t = self.network_input("input", input), self.network_input("target", target)
+        x, t = self.checked_images("input", input), self.checked_images("target", target)
         return self.reduce(self.per_sample(x, target_x=t))

@@ -26,10 +26,7 @@ class StyleTargetMixin:
         return [getattr(self, f"target_gram_{head.tap}") for head in self.style_heads()]
 
     def style_grams(self, name: str, style: torch.Tensor) -> List[torch.Tensor]:
-        t = self.network_input(name, style)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and style.requires_grad):
-            features = self.backbone(t)
-            return [head.prepare_target(features[head.tap]) for head in self.style_heads()]
+        return self.target_representations(self.checked_images(name, style), self.style_heads())
 
     def check_style_batch(self, input: torch.Tensor, style: torch.Tensor) -> None:
         if style.shape[0] not in (1, input.shape[0]):
@@ -56,7 +53,7 @@ class StyleLoss(StyleTargetMixin, BackboneLoss):
         return list(self.heads)
 
     def forward(self, input: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.network_input("input", input)
+        x = self.checked_images("input", input)
         if target is None:
             grams = self.cached_grams()
         else:
