@@ -84,31 +84,56 @@ def test_threads_match_serial(kind, engine):
             assert_same(result, expected)
 
 
-def test_threads_racing_to_a_new_plan_share_one():
-    """A fresh backbone: every thread's first call asks the plan cache at once. One plan is traced, and
-    no thread's backward loses its plan."""
+def _counting_traces(monkeypatch, backbone):
+    """Count compile_plan calls on ``backbone`` (not the shape-only meta copies a plan makes of itself)."""
+    traced = []
+    real = plan_mod.compile_plan
+
+    def counting(module, *args, **kwargs):
+        if module is backbone:
+            traced.append(1)
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setattr(plan_mod, "compile_plan", counting)
+    return traced
+
+
+def test_threads_calling_a_new_loss_trace_nothing(monkeypatch):
+    """A loss traces its plans when it is built: threads calling it at once trace nothing (torch.fx's
+    tracing patches nn.Module.__call__ process-wide, which broke the other threads' module calls with
+    "module is not installed as a submodule") and all use its one plan."""
     torch.set_num_threads(1)
     try:
         for _ in range(3):  # a race: give it a few chances
             loss = make_loss("perceptual", "lean")
-            plan_mod._PLANS.pop(loss.backbone, None)
-            built = []
-            real = plan_mod.compile_plan
-
-            def counting(module, *args, **kwargs):
-                if module is loss.backbone:  # (not the shape-only meta copies a plan makes of itself)
-                    built.append(1)
-                return real(module, *args, **kwargs)
-
-            plan_mod.compile_plan = counting
-            try:
-                results, errors = run_threads(loss, pairs(1), repeats=1)
-            finally:
-                plan_mod.compile_plan = real
+            plan = plan_mod.plan_for(loss.backbone)
+            traced = _counting_traces(monkeypatch, loss.backbone)
+            results, errors = run_threads(loss, pairs(1), repeats=1)
             assert not errors, errors
-            assert len(built) == 1
+            assert not traced and plan_mod.plan_for(loss.backbone) is plan
             expected = value_and_grad(loss, *pairs(1)[0])
             for (result,) in results:
                 assert_same(result, expected)
     finally:
         torch.set_num_threads(2)
+
+
+def test_threads_racing_in_plan_for_share_one_plan(monkeypatch):
+    """Without the lock two threads each traced a plan; the later replaced the earlier in the cache, and
+    the earlier, held only by its thread's forward, was collected before that thread's backward."""
+    loss = make_loss("perceptual", "lean")
+    plan_mod._PLANS.pop(loss.backbone, None)
+    traced = _counting_traces(monkeypatch, loss.backbone)
+    barrier = threading.Barrier(THREADS)
+    plans = []
+
+    def worker():
+        barrier.wait()
+        plans.append(plan_mod.plan_for(loss.backbone))
+
+    threads = [threading.Thread(target=worker) for _ in range(THREADS)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(traced) == 1 and len(plans) == THREADS and all(p is plans[0] for p in plans)

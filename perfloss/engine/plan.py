@@ -16,7 +16,7 @@ import itertools
 import operator
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 import weakref
 
 import torch
@@ -49,6 +49,13 @@ class Step:
         return self.rule is not FALLBACK
 
 
+# One re-entrant lock over tracing and the plan caches, for threads sharing a loss (servers,
+# nn.DataParallel): torch.fx's symbolic tracing patches nn.Module.__call__ process-wide while it runs,
+# so two threads tracing at once see each other's modules ("module is not installed as a submodule");
+# and without it two threads racing in plan_for each trace a plan, the later replaces the earlier in
+# _PLANS, and the earlier, held only by its thread's forward, is collected before that thread's
+# backward looks up its key.
+_LOCK = threading.RLock()
 _KEYS = itertools.count()
 _BY_KEY: "weakref.WeakValueDictionary[int, Plan]" = weakref.WeakValueDictionary()
 
@@ -109,8 +116,9 @@ class Plan:
 
     def on_meta(self) -> "Plan":
         """This plan over a meta-device copy of the network (shapes and dtypes only), built once."""
-        if self._on_meta is None:
-            self._on_meta = compile_plan(copy.deepcopy(self.gm).to("meta"), taps=list(self.taps))
+        with _LOCK:
+            if self._on_meta is None:
+                self._on_meta = compile_plan(copy.deepcopy(self.gm).to("meta"), taps=list(self.taps))
         return self._on_meta
 
     def activation_bytes(self, sample_shape: Sequence[int], dtype: torch.dtype) -> List[int]:
@@ -118,17 +126,21 @@ class Plan:
         for a step whose output is not a tensor. Shapes are propagated in the weights' dtype (an input
         in another, e.g. bf16 under autocast, would not pass the convolutions of a meta network)."""
         key = (tuple(sample_shape), dtype)
-        if key not in self._activations:
-            from torch.fx.passes.shape_prop import ShapeProp
-
-            gm = self.on_meta().gm
-            weight = next(iter(gm.parameters()), None)
-            ShapeProp(gm).propagate(torch.empty((1,) + key[0], dtype=dtype if weight is None else weight.dtype,
-                                                device="meta"))
-            metas = {n.name: n.meta.get("tensor_meta") for n in gm.graph.nodes}
-            self._activations[key] = [m.shape.numel() * dtype.itemsize if hasattr(m, "shape") else 0
-                                      for m in (metas.get(s.name) for s in self.steps)]
+        with _LOCK:  # (the propagation writes each node's meta: one shape at a time)
+            if key not in self._activations:
+                self._activations[key] = self._propagate(key[0], dtype)
         return self._activations[key]
+
+    def _propagate(self, sample_shape: Tuple[int, ...], dtype: torch.dtype) -> List[int]:
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        gm = self.on_meta().gm
+        weight = next(iter(gm.parameters()), None)
+        ShapeProp(gm).propagate(torch.empty((1,) + tuple(sample_shape), dtype=dtype if weight is None else weight.dtype,
+                                            device="meta"))
+        metas = {n.name: n.meta.get("tensor_meta") for n in gm.graph.nodes}
+        return [m.shape.numel() * dtype.itemsize if hasattr(m, "shape") else 0
+                for m in (metas.get(s.name) for s in self.steps)]
 
     def widest_activation_bytes(self, sample_shape: Sequence[int], dtype: torch.dtype) -> int:
         """Bytes per sample of the largest tensor a step produces for inputs of ``sample_shape`` (C, H, W)."""
@@ -209,7 +221,8 @@ def _is_shape_node(n: torch.fx.Node, shape_nodes: set) -> bool:
 
 def compile_plan(module: nn.Module, taps: Optional[Sequence[str]] = None) -> Plan:
     """Trace a frozen ``module`` with torch.fx and build the :class:`Plan` computing ``taps``."""
-    gm = module if isinstance(module, torch.fx.GraphModule) else torch.fx.symbolic_trace(module)
+    with _LOCK:
+        gm = module if isinstance(module, torch.fx.GraphModule) else torch.fx.symbolic_trace(module)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ValueError(f"the lean engine needs a module with exactly one input, got {len(placeholders)}")
@@ -245,16 +258,12 @@ def compile_plan(module: nn.Module, taps: Optional[Sequence[str]] = None) -> Pla
 
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, Plan]" = weakref.WeakKeyDictionary()
-# Threads sharing a loss (servers, nn.DataParallel) must get one plan per backbone: without the lock
-# two threads racing here each trace one, the later replaces the earlier in _PLANS, and the earlier,
-# held only by its thread's forward, is collected before that thread's backward looks up its key.
-_PLANS_LOCK = threading.Lock()
 
 
 def plan_for(backbone: nn.Module) -> Plan:
     """The cached plan of a perfloss backbone: ``compile_plan(backbone, taps=backbone.taps)``."""
     taps = list(getattr(backbone, "taps", None) or []) or None
-    with _PLANS_LOCK:
+    with _LOCK:
         plan = _PLANS.get(backbone)
         if plan is None or plan.requested_taps != taps:
             plan = compile_plan(backbone, taps=taps)

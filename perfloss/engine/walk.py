@@ -201,13 +201,12 @@ def walk(plan: Plan, inp: torch.Tensor, run: Pass, taps: Container[str], at_tap:
     return records, env.get(entry_name(plan, stop)) if stop < len(plan.steps) else None
 
 
-def prepared_targets(call: Call, target_x: torch.Tensor, first: int = 0, stop: Optional[int] = None,
-                     out: Optional[List[Optional[torch.Tensor]]] = None
+def prepared_targets(call: Call, target_x: torch.Tensor, first: int = 0, stop: Optional[int] = None
                      ) -> Tuple[List[Optional[torch.Tensor]], Optional[torch.Tensor]]:
     """``head.prepare_target(features at its tap)`` for the heads met by a no_grad walk of
-    ``plan.steps[first:stop]`` from ``target_x`` that keeps nothing (filled into ``out``, one entry per
-    head), and the walk's output at ``stop`` (see :func:`walk`)."""
-    out = [None] * len(call.heads) if out is None else out
+    ``plan.steps[first:stop]`` from ``target_x`` that keeps nothing (one entry per head, None for the
+    heads not met), and the walk's output at ``stop`` (see :func:`walk`)."""
+    out: List[Optional[torch.Tensor]] = [None] * len(call.heads)
 
     def at_tap(name, features):
         heads = call.heads_at[name]
@@ -289,13 +288,16 @@ def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targe
         chunks.append(Chunk(start, stop, 0, steps, taps))
         cuts.append(cut)
     total = values[0] if len(values) == 1 or values[0] is None else torch.cat(values)
-    if head_stop is not None:
+    if head_stop is not None:  # (each list is emptied once joined: its chunks' tensors go before the walk)
         if target_cuts:
-            targets = prepared_targets(call, torch.cat(target_cuts), first=head_stop)[0]
-        del target_cuts
+            target_cut = torch.cat(target_cuts)
+            target_cuts.clear()
+            targets = prepared_targets(call, target_cut, first=head_stop)[0]
+            del target_cut
+        cut = torch.cat(cuts)
+        cuts.clear()
         run.keep = b if need_grad else 0
-        total, steps, taps, _ = _forward_chunk(call, torch.cat(cuts), None, list(targets), run, first=head_stop,
-                                               total=total)
+        total, steps, taps, _ = _forward_chunk(call, cut, None, list(targets), run, first=head_stop, total=total)
         chunks.append(Chunk(0, b, head_stop, steps, taps))
     return total, run.saved, Forward(chunks, tuple(x.shape), x.dtype, run.held, input_scale)
 

@@ -78,6 +78,10 @@ class BackboneLoss(nn.Module):
         self.register_buffer("scale", scale, persistent=False)
         self.register_buffer("shift", shift, persistent=False)
         self.engine = self._resolve_engine(engine)
+        if self.engine == "lean":
+            # Trace now, not in the first forward: torch.fx's tracing patches nn.Module.__call__
+            # process-wide while it runs, which would break modules other threads call meanwhile.
+            lean_engine.plan_for(backbone).on_meta()
 
     def _resolve_engine(self, engine: Optional[str]) -> str:
         if engine is not None:
