@@ -27,6 +27,20 @@ def pick_device(name: Optional[str]) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+def add_machine_arguments(p, out_default: str) -> None:
+    """The options every sweep script shares: --device, --threads, --out (``out_default`` in its help)."""
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--out", help=f"results path without extension (default {out_default})")
+
+
+def machine(args) -> torch.device:
+    """The device of ``--device``, with ``--threads`` applied."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return pick_device(args.device)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

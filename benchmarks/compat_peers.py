@@ -102,9 +102,7 @@ def parse_args(argv: Optional[List[str]]):
     p.add_argument("--batch", type=int, help="default 8")
     p.add_argument("--size", type=int, help="image side (default 128)")
     p.add_argument("--repeat", type=int, help="timed rounds (default 3)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--out", help="results path without extension (default benchmarks/results/compat_peers_<device>)")
+    _timing.add_machine_arguments(p, "benchmarks/results/compat_peers_<device>")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: defaults size {QUICK['size']}, batch {QUICK['batch']}, repeat {QUICK['repeat']}")
     return p.parse_args(argv)
@@ -113,9 +111,7 @@ def parse_args(argv: Optional[List[str]]):
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    device = _timing.pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = _timing.machine(args)
     args.size = args.size or (QUICK["size"] if args.quick else 128)
     args.batch = args.batch or (QUICK["batch"] if args.quick else 8)
     args.repeat = args.repeat or (QUICK["repeat"] if args.quick else 3)

@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from perfloss import bench, plots
+from perfloss.engine import memory, plan_for
 
 import _timing  # benchmarks/_timing.py, next to this script
 
@@ -92,6 +93,7 @@ def sweep(args, device: torch.device) -> List[Dict]:
                     unit="run")
     for name in args.losses:
         losses = {engine: build_loss(name, engine, args.size, device) for engine in args.engines}
+        held = held_per_sample_mib(losses["lean"], args.size) if "lean" in losses else None
         too_slow: Dict[str, str] = {}  # engine -> why its larger batches are skipped
         for batch in args.batches:
             inputs = loss_inputs(name, batch, args.size, device)
@@ -114,11 +116,31 @@ def sweep(args, device: torch.device) -> List[Dict]:
                 rows.append({"loss": name, "engine": engine, "batch": batch, "size": args.size,
                              "precision": precision_label(args.autocast),
                              "peak_mib": _timing.peak_mib(steps[engine], device) if measured else None,
-                             "median_ms": times.get(engine), "note": notes.get(engine, "")})
+                             "median_ms": times.get(engine), "note": notes.get(engine, ""),
+                             "held_per_sample_mib": held if engine == "lean" else None})
                 progress.update()
             del inputs, steps
     progress.close()
     return rows
+
+
+def held_per_sample_mib(loss: torch.nn.Module, size: int) -> float:
+    """What the lean engine keeps for backward per sample (masks, codes, tap gradients; fp32 images)."""
+    plan = plan_for(loss.backbone)
+    return memory.lean_expected_bytes(plan, (1, 3, size, size), list(loss.heads))["total"] / 2 ** 20
+
+
+def growth_line(rows: List[Dict], name: str, batches: List[int]) -> str:
+    """The lean peak's growth per added sample between consecutive batches, against the held bytes."""
+    by_key = _lookup(rows)
+    lean = [by_key[(name, "lean", b)] for b in batches]
+    held = lean[0]["held_per_sample_mib"]
+    ratios = [f"{a['batch']}->{b['batch']}: {(b['peak_mib'] - a['peak_mib']) / (b['batch'] - a['batch']) / held:.2f}x"
+              for a, b in zip(lean, lean[1:]) if a["peak_mib"] is not None and b["peak_mib"] is not None]
+    if not ratios:
+        return ""
+    return (f"\n\nLean holds {held:.2f} MiB per sample for backward (masks, codes, tap gradients); its peak grows "
+            f"per added sample by this many times that: {', '.join(ratios)}.")
 
 
 def _lookup(rows: List[Dict]) -> Dict[Tuple[str, str, int], Dict]:
@@ -145,7 +167,8 @@ def markdown(rows: List[Dict], args) -> str:
                         _timing.ratio(lean["median_ms"], eager["median_ms"])]
             table.append(row)
         notes = sorted({f"{r['engine']}: {r['note']}" for r in rows if r["loss"] == name and r["note"]})
-        sections.append(f"## {LOSSES[name]}\n\n" + _timing.markdown_table(header, table)
+        growth = growth_line(rows, name, list(args.batches)) if "lean" in args.engines else ""
+        sections.append(f"## {LOSSES[name]}\n\n" + _timing.markdown_table(header, table) + growth
                         + "".join(f"\n\n{n}" for n in notes))
     return "\n\n".join(sections)
 
@@ -176,12 +199,9 @@ def parse_args(argv: Optional[List[str]]):
     p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on CUDA)")
     p.add_argument("--repeat", type=int, help="timed rounds per configuration (default 5)")
     p.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), help="run each forward under torch.autocast")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--max-seconds-per-step", type=float, default=30.0,
                    help="skip a configuration (and its larger batches) whose step takes longer (default 30)")
-    p.add_argument("--out", help="results path without extension (default benchmarks/results/peak_batch_sweep_<device>"
-                                 "[_autocast_<dtype>])")
+    _timing.add_machine_arguments(p, "benchmarks/results/peak_batch_sweep_<device>[_autocast_<dtype>]")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: defaults size {QUICK['size']}, batches {QUICK['batches']}, "
                         f"repeat {QUICK['repeat']}")
@@ -191,9 +211,7 @@ def parse_args(argv: Optional[List[str]]):
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    device = _timing.pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = _timing.machine(args)
     args.size = args.size or (QUICK["size"] if args.quick else 256 if device.type == "cuda" else 128)
     args.batches = args.batches or list(QUICK["batches"] if args.quick else BATCHES)
     args.repeat = args.repeat or (QUICK["repeat"] if args.quick else 5)

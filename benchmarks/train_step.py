@@ -204,9 +204,7 @@ def parse_args(argv: Optional[List[str]]):
     p.add_argument("--size", type=int, help=f"image side; the SR output's, its input is size/{SR_FACTOR} (default 256)")
     p.add_argument("--repeat", type=int, help="timed rounds (default 5)")
     p.add_argument("--budget-mib", type=float, help="memory budget of the largest-batch search (default 1024)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--out", help="results path without extension (default benchmarks/results/train_step_<device>)")
+    _timing.add_machine_arguments(p, "benchmarks/results/train_step_<device>")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: defaults size {QUICK['size']}, batch {QUICK['batch']}, repeat "
                         f"{QUICK['repeat']}, budget {QUICK['budget_mib']:g} MiB")
@@ -221,9 +219,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    device = _timing.pick_device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = _timing.machine(args)
     defaults = QUICK if args.quick else dict(size=256, batch=4, repeat=5, budget_mib=1024.0)
     for key, value in defaults.items():
         if getattr(args, key) is None:

@@ -51,3 +51,26 @@ def test_train_step_quick(one_thread, benchmark_script, tmp_path):
         assert r["peak_mib"] > 0 and r["median_ms"] > 0
         assert r["largest_batch_within_budget"] >= 1
         assert all(p > 0 for p in r["peak_mib_by_batch"].values())
+
+
+def test_examples_benchmark_short(one_thread, benchmark_script, tmp_path):
+    pytest.importorskip("skimage")
+    examples = benchmark_script("examples_cpu")
+    out = str(tmp_path / "examples")
+    assert examples.main(["--steps", "2", "--size", "32", "--batch-size", "2", "--device", "cpu", "--out", out]) == 0
+    rows = read_results(out)
+    assert [(r["example"], r["engine"]) for r in rows] == [(e, g) for e in examples.EXAMPLES for g in examples.ENGINES]
+    assert all(r["peak_mib"] > 0 and r["median_s_per_step"] > 0 for r in rows)
+    assert all(r["max_relative_curve_gap"] < 1e-4 for r in rows)  # two steps: equal to rounding
+    for example in examples.EXAMPLES:
+        assert os.path.getsize(f"{out}_{example}_curves.png") > 0 and os.path.getsize(f"{out}_{example}_samples.png") > 0
+
+
+def test_compat_peers_quick(one_thread, benchmark_script, tmp_path):
+    pytest.importorskip("DISTS_pytorch")
+    compat_peers = benchmark_script("compat_peers")
+    out = str(tmp_path / "peers")
+    assert compat_peers.main(["--quick", "--device", "cpu", "--out", out]) == 0
+    rows = read_results(out)
+    assert {(r["case"], r["impl"]) for r in rows} == {(c, i) for c in compat_peers.CASES for i in ("peer", "perfloss")}
+    assert all(r["peak_mib"] > 0 and r["median_ms"] > 0 for r in rows)
