@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 from typing import Dict, List, Optional
@@ -53,10 +54,6 @@ def run(example: str, engine: str, args, work: str) -> Dict:
     return history
 
 
-def median(values: List[float]) -> float:
-    return sorted(values)[len(values) // 2]
-
-
 def summarise(example: str, runs: Dict[str, Dict]) -> List[Dict]:
     curves = {e: [r["loss"] for r in h["losses"]] for e, h in runs.items()}
     gaps = [abs(a - b) / max(abs(b), 1e-30) for a, b in zip(curves["lean"], curves["eager"])]
@@ -64,7 +61,7 @@ def summarise(example: str, runs: Dict[str, Dict]) -> List[Dict]:
     for engine, h in runs.items():
         seconds = [r["seconds"] for r in h["losses"][1:]]  # the first step warms the allocator and oneDNN
         rows.append({"example": example, "engine": engine, "settings": h["settings"], "steps": len(h["losses"]),
-                     "median_s_per_step": median(seconds), "peak_mib": h["peak_memory"]["MiB"],
+                     "median_s_per_step": statistics.median(seconds), "peak_mib": h["peak_memory"]["MiB"],
                      "final_loss": curves[engine][-1], "max_relative_curve_gap": max(gaps),
                      "max_relative_curve_gap_first_20_steps": max(gaps[:EARLY_STEPS]),
                      "evaluations": h["evaluations"][-1:] if h["evaluations"] else []})

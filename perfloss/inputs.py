@@ -32,11 +32,18 @@ def check_input_range(input_range) -> Tuple[float, float]:
     return lo, hi
 
 
-def imagenet_affine(input_range) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift), each (1, 3, 1, 1), mapping pixels in input_range to ImageNet-normalised input."""
+def pixel_affine(input_range, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+                 ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, 3, 1, 1), float64, mapping pixels in input_range to network input
+    ``(p - mean) / std`` of p in [0, 1] (ImageNet's statistics by default; the peers' own in
+    :mod:`perfloss.compat`)."""
     lo, hi = check_input_range(input_range)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64)
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
+    std = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
+    if mean.numel() != 3 or std.numel() != 3:
+        raise ValueError(f"mean and std must have 3 values (one per RGB channel), got {mean.numel()} and {std.numel()}")
+    if not bool((std > 0).all()):
+        raise ValueError(f"std must be positive, got {std.tolist()}")
     # ((x - lo) / (hi - lo) - mean) / std
     scale = 1.0 / ((hi - lo) * std)
     shift = (-lo / (hi - lo) - mean) / std

@@ -29,7 +29,7 @@ import urllib.request
 import uuid
 import warnings
 import zipfile
-from typing import AbstractSet, Any, Mapping, Optional, Tuple
+from typing import AbstractSet, Any, Callable, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -207,6 +207,18 @@ def read_state_dict(weights: Any, name: str) -> Mapping[str, torch.Tensor]:
     ):
         raise ValueError(f"{where} is not a state dict (a mapping of parameter names to tensors)")
     return state_dict
+
+
+def state_dict_argument(value: Any, argument: str, default_path: Callable[[], str]) -> Mapping[str, torch.Tensor]:
+    """The state dict a loss's weights argument other than ``weights=`` names (``argument``: its name,
+    e.g. ``lin_weights``): None for the file ``default_path()`` finds, a path, or a state dict."""
+    if value is None:
+        value = default_path()
+    if isinstance(value, (str, os.PathLike)):
+        return load_file(value, f"{argument} file")
+    if isinstance(value, dict):
+        return value
+    raise TypeError(f"{argument} must be None, a path or a state dict, got {type(value).__name__}")
 
 
 def load_state_dict_(

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from perfloss.backbones import get_backbone, vgg
-from perfloss.compat.heads_loss import HeadsLoss, affine_from
+from perfloss.compat.heads_loss import HeadsLoss
 from perfloss.heads import TapHead
-from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD
+from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD, pixel_affine
 
 CRITERIA = {"l1": "l1", "l2": "mse"}
 
@@ -50,7 +50,7 @@ class PerceptualLoss(nn.Module):
         backbone = get_backbone(vgg_type, taps=layers, weights=weights)
         lo, hi = (-1.0, 1.0) if range_norm else (0.0, 1.0)
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if use_input_norm else ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-        common = dict(affine=affine_from(mean, std, lo, hi), input_range=(lo, hi), reduction="mean", engine=engine,
+        common = dict(affine=pixel_affine((lo, hi), mean, std), input_range=(lo, hi), reduction="mean", engine=engine,
                       chunk_size=chunk_size)
         self.percep: Optional[HeadsLoss] = None
         self.style: Optional[HeadsLoss] = None

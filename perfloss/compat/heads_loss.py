@@ -2,29 +2,15 @@
 
 The peers normalise inputs their own way (BasicSR: optional [-1, 1] -> [0, 1] and optional ImageNet
 statistics; piq: any mean and std); this loss takes that map as the affine ``x * scale + shift``
-and otherwise is perfloss's BackboneLoss: lean engine where the network allows, per-sample values.
+(:func:`perfloss.inputs.pixel_affine`) and otherwise is perfloss's BackboneLoss: lean engine where the network allows, per-sample values.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 
 from perfloss.heads import TapHead
 from perfloss.inputs import check_pair
 from perfloss.losses.base import BackboneLoss
-
-
-def affine_from(mean: Sequence[float], std: Sequence[float], lo: float = 0.0,
-                hi: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) of ``((x - lo) / (hi - lo) - mean) / std``, each (1, 3, 1, 1), float64."""
-    mean = torch.as_tensor(mean, dtype=torch.float64).reshape(-1)
-    std = torch.as_tensor(std, dtype=torch.float64).reshape(-1)
-    if mean.numel() != 3 or std.numel() != 3:
-        raise ValueError(f"mean and std must have 3 values (one per RGB channel), got {mean.numel()} and {std.numel()}")
-    if not bool((std > 0).all()):
-        raise ValueError(f"std must be positive, got {std.tolist()}")
-    scale = 1.0 / ((hi - lo) * std)
-    shift = (-lo / (hi - lo) - mean) / std
-    return scale.view(1, 3, 1, 1), shift.view(1, 3, 1, 1)
 
 
 class HeadsLoss(BackboneLoss):

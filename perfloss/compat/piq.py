@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from perfloss.backbones import get_backbone
-from perfloss.compat.heads_loss import HeadsLoss, affine_from
+from perfloss.compat.heads_loss import HeadsLoss
 from perfloss.heads import TapHead
-from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD, REDUCTIONS, reduce
+from perfloss.inputs import IMAGENET_MEAN, IMAGENET_STD, REDUCTIONS, pixel_affine, reduce
 from perfloss.losses.dists import DISTS as PerflossDISTS
 from perfloss.losses.lpips import NETS, load_lin_weights
 
@@ -67,7 +67,7 @@ class ContentLoss(HeadsLoss):
         backbone = get_backbone(feature_extractor, taps=layers, weights=vgg_weights,
                                 pooling="avg" if replace_pooling else "max")
         heads = self.make_heads(layers, layer_weights, DISTANCES[distance], normalize_features, backbone)
-        super().__init__(backbone, heads, affine=affine_from(mean, std), reduction=reduction, engine=engine,
+        super().__init__(backbone, heads, affine=pixel_affine((0.0, 1.0), mean, std), reduction=reduction, engine=engine,
                          chunk_size=chunk_size, detach_target=False)
 
     @staticmethod
@@ -132,7 +132,7 @@ class LPIPS(HeadsLoss):
         backbone = get_backbone(name, taps=taps, weights=vgg_weights, pooling="avg" if replace_pooling else "max")
         lins = load_lin_weights(lin_weights, "vgg", "0.1", [backbone.tap_channels[t] for t in taps])
         heads = [TapHead(tap, "lpips", 1.0, lin) for tap, lin in zip(taps, lins)]
-        super().__init__(backbone, heads, affine=affine_from(mean, std), reduction=reduction, engine=engine,
+        super().__init__(backbone, heads, affine=pixel_affine((0.0, 1.0), mean, std), reduction=reduction, engine=engine,
                          chunk_size=chunk_size, detach_target=False)
 
 
@@ -149,7 +149,7 @@ class DISTS(nn.Module):
         self.reduction = reduction
         self.dists = PerflossDISTS(weights=vgg_weights, dists_weights=dists_weights, reduction="none",
                                    engine=engine, chunk_size=chunk_size, normalize_dists_weights=False,
-                                   affine=affine_from(mean, std))
+                                   affine=pixel_affine((0.0, 1.0), mean, std))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         side = min(x.shape[-2], x.shape[-1])

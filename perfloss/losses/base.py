@@ -74,7 +74,7 @@ class BackboneLoss(nn.Module):
         self.tap_grad_dtype = tap_grad_dtype
         lean_engine.check_chunk_size(chunk_size)
         self.chunk_size = chunk_size
-        scale, shift = affine if affine is not None else inputs.imagenet_affine(self.input_range)
+        scale, shift = affine if affine is not None else inputs.pixel_affine(self.input_range)
         self.register_buffer("scale", scale, persistent=False)
         self.register_buffer("shift", shift, persistent=False)
         self.engine = self._resolve_engine(engine)

@@ -13,11 +13,11 @@ keep only their input for backward (``perfloss.engine.rules.L2Pool``).
 import importlib.util
 import os
 import sys
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 
-from perfloss.backbones.weights import load_file
+from perfloss.backbones.weights import state_dict_argument
 from perfloss.heads import TapHead
 from perfloss.inputs import check_pair
 from perfloss.losses.base import BackboneLoss, build_backbone
@@ -49,14 +49,7 @@ def packaged_dists_weights_path() -> str:
 def load_dists_weights(dists_weights, normalize: bool = True) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """Per-stage alpha and beta (C_k,) from None (the wheel's file), a path or a state dict; divided by
     their total when ``normalize`` (as the paper's code does)."""
-    if dists_weights is None:
-        dists_weights = packaged_dists_weights_path()
-    if isinstance(dists_weights, (str, os.PathLike)):
-        state: Dict[str, torch.Tensor] = load_file(dists_weights, "DISTS weights file")
-    elif isinstance(dists_weights, dict):
-        state = dists_weights
-    else:
-        raise TypeError(f"dists_weights must be None, a path or a state dict, got {type(dists_weights).__name__}")
+    state = state_dict_argument(dists_weights, "dists_weights", packaged_dists_weights_path)
     if sorted(state) != ["alpha", "beta"]:
         raise ValueError(f"dists_weights must hold exactly the keys ['alpha', 'beta'], got {sorted(state)}")
     total = sum(CHANNELS)

@@ -7,14 +7,14 @@ feature vector is zero (the package gives NaN there); elsewhere values agree to 
 """
 import importlib.util
 import os
-from typing import Dict, List
+from typing import List
 
 import torch
 
-from perfloss.backbones.weights import load_file
+from perfloss.backbones.weights import state_dict_argument
 from perfloss.heads import TapHead
 from perfloss.inputs import check_pair
-from perfloss.ops.feature_distance import unit_normalize
+from perfloss.ops.feature_distance import lpips_map
 from perfloss.losses.base import BackboneLoss, build_backbone
 
 # network -> (perfloss backbone, taps the lpips package reads)
@@ -44,14 +44,7 @@ def packaged_lin_weights_path(net: str, version: str = "0.1") -> str:
 
 def load_lin_weights(lin_weights, net: str, version: str, channels: List[int]) -> List[torch.Tensor]:
     """Per-layer (C,) weights from None (the lpips package's file), a path, or a state dict."""
-    if lin_weights is None:
-        lin_weights = packaged_lin_weights_path(net, version)
-    if isinstance(lin_weights, (str, os.PathLike)):
-        state: Dict[str, torch.Tensor] = load_file(lin_weights, "lin_weights file")
-    elif isinstance(lin_weights, dict):
-        state = lin_weights
-    else:
-        raise TypeError(f"lin_weights must be None, a path or a state dict, got {type(lin_weights).__name__}")
+    state = state_dict_argument(lin_weights, "lin_weights", lambda: packaged_lin_weights_path(net, version))
     expected = [f"lin{i}.model.1.weight" for i in range(len(channels))]
     if sorted(state) != sorted(expected):
         raise ValueError(f"lin_weights for net={net!r} must hold exactly the keys {expected}, got {sorted(state)}")
@@ -113,6 +106,5 @@ class LPIPS(BackboneLoss):
         maps = []
         for head in self.heads:
             f0, f1 = features[head.tap], target_features[head.tap]
-            d = (unit_normalize(f0) - unit_normalize(f1.to(f0.dtype))).square()
-            maps.append((d * head.lin.to(d.dtype).view(1, -1, 1, 1)).sum(1, keepdim=True))
+            maps.append(lpips_map(f0, f1.to(f0.dtype), head.lin))
         return maps

@@ -47,13 +47,18 @@ def distance_formula(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Opti
         return (f0 - f1).square().mean(dim=(1, 2, 3))
     if kind == "l1":
         return (f0 - f1).abs().mean(dim=(1, 2, 3))
-    n0, n1 = unit_normalize(f0), unit_normalize(f1)
     if kind == "cosine":
-        return (1 - (n0 * n1).sum(dim=1)).mean(dim=(1, 2))
-    d = (n0 - n1).square()
+        return (1 - (unit_normalize(f0) * unit_normalize(f1)).sum(dim=1)).mean(dim=(1, 2))
+    return lpips_map(f0, f1, weight)[:, 0].mean(dim=(1, 2))
+
+
+def lpips_map(f0: torch.Tensor, f1: torch.Tensor, weight: Optional[torch.Tensor]) -> torch.Tensor:
+    """LPIPS's per-pixel distance (B, 1, H, W): the channel-unit-normalised squared difference, times
+    ``weight`` (C,) when given, summed over channels; in f0's dtype."""
+    d = (unit_normalize(f0) - unit_normalize(f1)).square()
     if weight is not None:
-        d = d * weight.to(acc).view(1, -1, 1, 1)
-    return d.sum(dim=1).mean(dim=(1, 2))
+        d = d * weight.to(d.dtype).view(1, -1, 1, 1)
+    return d.sum(dim=1, keepdim=True)
 
 
 def feature_distance_reference(f0: torch.Tensor, f1: torch.Tensor, kind: str, weight: Optional[torch.Tensor],
