@@ -13,15 +13,14 @@ For example:
 
 See examples/common.py for what a run writes to --out and how --resume works.
 """
-import math
 import sys
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 import torch
-import torch.nn.functional as F
 
 import common
 import perfloss
+from perfloss.evaluate.sr import bicubic_upsample, low_resolution, psnr_ssim
 from perfloss.models import SuperResolutionNet
 
 LOSSES = {
@@ -41,41 +40,6 @@ def build_parser():
                     help="standard deviation, in high-resolution pixels, of the Gaussian blur before downsampling "
                          "(default %(default)s)")
     return parser
-
-
-def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of a (B, C, H, W) batch, kernel radius ceil(3 sigma), reflected borders."""
-    radius = math.ceil(3 * sigma)
-    offsets = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
-    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
-    kernel = kernel / kernel.sum()
-    channels = images.shape[1]
-    x = F.pad(images, (radius,) * 4, mode="reflect")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
-    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-
-
-def low_resolution(images: torch.Tensor, factor: int, sigma: float) -> torch.Tensor:
-    """The paper's degradation: Gaussian blur, then antialiased bicubic downsampling by ``factor``."""
-    blurred = gaussian_blur(images, sigma) if sigma > 0 else images
-    size = (images.shape[-2] // factor, images.shape[-1] // factor)
-    return F.interpolate(blurred, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-
-
-def bicubic_upsample(images: torch.Tensor, factor: int) -> torch.Tensor:
-    size = (images.shape[-2] * factor, images.shape[-1] * factor)
-    return F.interpolate(images, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
-
-
-def psnr_ssim(output: torch.Tensor, target: torch.Tensor) -> Dict[str, float]:
-    """Mean PSNR (dB) and SSIM over a batch of RGB images in [0, 1], by scikit-image."""
-    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
-
-    psnr, ssim = [], []
-    for out, ref in zip(output.detach().double().cpu().numpy(), target.detach().double().cpu().numpy()):
-        psnr.append(float(peak_signal_noise_ratio(ref, out, data_range=1.0)))
-        ssim.append(float(structural_similarity(ref, out, data_range=1.0, channel_axis=0)))
-    return {"psnr": sum(psnr) / len(psnr), "ssim": sum(ssim) / len(ssim)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

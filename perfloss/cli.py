@@ -1,9 +1,10 @@
-"""The ``perfloss`` command: ``perfloss bench`` (the main job) and ``perfloss pgn-train``."""
+"""The ``perfloss`` command: ``perfloss bench`` (the main job), ``perfloss pgn-train`` and ``perfloss evaluate``."""
 import argparse
 import sys
 from typing import List, Optional
 
 from perfloss import bench
+from perfloss.evaluate import cli as evaluate_cli
 from perfloss.pgn import cli as pgn_cli
 
 
@@ -12,6 +13,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     bench.add_parser(subparsers)
     pgn_cli.add_parser(subparsers)
+    evaluate_cli.add_parser(subparsers)
     args = parser.parse_args(argv)
     return args.func(args)
 

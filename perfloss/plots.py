@@ -167,3 +167,41 @@ def image_grid(path, columns: Dict[str, torch.Tensor], *, title: Optional[str] =
         fig.suptitle(title)
     fig.savefig(os.fspath(path), dpi=100)
     return fig
+
+
+def heatmap(path, values: Sequence[Sequence[Optional[float]]], *, rows: Sequence[str], columns: Sequence[str],
+            title: str, xlabel: str, ylabel: str, colorbar_label: str,
+            cell_text: Optional[Sequence[Sequence[str]]] = None):
+    """Write a heat-map of ``values`` (one list per row; None: no value, drawn blank) with the ``rows`` and
+    ``columns`` as tick labels, axis labels, a colour bar and a title, and return the Figure. Each cell
+    is annotated with its ``cell_text`` (default: the value to 3 significant digits)."""
+    if not rows or not columns or len(values) != len(rows) or any(len(row) != len(columns) for row in values):
+        raise ValueError(f"heatmap: values must be {len(rows)} rows (one per row label) of {len(columns)} values "
+                         f"(one per column label)")
+    if cell_text is not None and (len(cell_text) != len(rows) or any(len(r) != len(columns) for r in cell_text)):
+        raise ValueError("heatmap: cell_text must have the shape of values")
+    require_matplotlib()
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    grid = np.ma.masked_invalid(np.array([[np.nan if v is None else float(v) for v in row] for row in values]))
+    fig = Figure(figsize=(1.6 + 1.5 * len(columns), 1.4 + 0.55 * len(rows)), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(grid, cmap="viridis", aspect="auto")
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    ax.set_xticks(range(len(columns)), list(columns))
+    ax.set_yticks(range(len(rows)), list(rows))
+    low, high = (grid.min(), grid.max()) if grid.count() else (0.0, 0.0)
+    blank = np.ma.getmaskarray(grid)
+    for r in range(len(rows)):
+        for c in range(len(columns)):
+            if blank[r, c]:
+                continue
+            text = cell_text[r][c] if cell_text is not None else f"{grid[r, c]:.3g}"
+            dark = high > low and (grid[r, c] - low) / (high - low) < 0.5  # viridis is dark at its low end
+            ax.text(c, r, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.savefig(os.fspath(path), dpi=120)
+    return fig

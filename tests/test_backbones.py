@@ -107,7 +107,9 @@ for _n in VGG_CONVS:
 
 
 def test_list_backbones():
-    assert list_backbones() == ALL
+    study_networks = ["densenet121", "efficientnet_b0", "efficientnet_b7", "googlenet", "inception_v3",
+                      "resnext50_32x4d"]  # tested in test_networks.py
+    assert list_backbones() == sorted(ALL + study_networks)
 
 
 def test_list_taps():
@@ -476,6 +478,10 @@ IMAGENET = {
     "vgg16_bn": "vgg16_bn-6c64b313.pth", "vgg19_bn": "vgg19_bn-c79401a0.pth",
     "alexnet": "alexnet-owt-7be5be79.pth", "squeezenet1_1": "squeezenet1_1-b8a52dc0.pth",
     "resnet18": "resnet18-f37072fd.pth", "resnet50": "resnet50-0676ba61.pth",
+    # torchvision's current files (older releases named EfficientNet's -3dd342df and -dcc49843)
+    "resnext50_32x4d": "resnext50_32x4d-7cdf4587.pth", "densenet121": "densenet121-a639ec97.pth",
+    "googlenet": "googlenet-1378be20.pth", "inception_v3": "inception_v3_google-0cc3c7bd.pth",
+    "efficientnet_b0": "efficientnet_b0_rwightman-7f5810bc.pth", "efficientnet_b7": "efficientnet_b7_lukemelas-c5b4e57e.pth",
 }
 
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(ROOT / "examples"))  # the scripts import their shared mo
 import style_transfer  # noqa: E402
 import super_resolution  # noqa: E402
 from perfloss.checkpoint import read_training_state  # noqa: E402
+from perfloss.evaluate.sr import gaussian_blur  # noqa: E402
 from perfloss.models import SuperResolutionNet, TransformNet  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:perfloss. .* has random weights")
@@ -126,7 +127,7 @@ def test_gaussian_blur_matches_scipy(sigma):
 
     x = torch.rand(2, 3, 20, 26, dtype=torch.float64)
     expected = ndimage.gaussian_filter(x.numpy(), sigma=(0, 0, sigma, sigma), mode="mirror", truncate=3.0)
-    torch.testing.assert_close(super_resolution.gaussian_blur(x, sigma), torch.from_numpy(expected),
+    torch.testing.assert_close(gaussian_blur(x, sigma), torch.from_numpy(expected),
                                rtol=0, atol=1e-12)
 
 

@@ -1,5 +1,6 @@
 """perfloss.ops.library: which implementation runs each op, and the one switch that changes it."""
 import os
+import re
 import subprocess
 import sys
 
@@ -67,6 +68,40 @@ def test_use_rejects_unknown_implementations():
     with pytest.raises(ValueError, match="implementation must be one of"):
         with library.use("cuda_graphs"):
             pass
+
+
+def test_cuda_default_is_triton_then_the_cpp_kernel_then_the_reference():
+    """The per-device order the module docstring gives (a C++ CUDA kernel cannot be registered here)."""
+    def entry(triton, cpp):
+        return library._Entry(reference=None, triton=triton, cpp=cpp)
+
+    assert entry(print, ("cpu", "cuda")).default("cuda") == "triton"
+    assert entry(None, ("cpu", "cuda")).default("cuda") == "cpp"
+    assert entry(None, ("cpu",)).default("cuda") == "reference"
+    assert entry(print, ("cpu", "cuda")).default("cpu") == "cpp"
+    assert entry(print, ()).default("cpu") == "reference"  # Triton on CPU tensors only when forced
+
+
+def _fake_build(monkeypatch, torch_version, cuda_version):
+    build = type(sys)("perfloss._build_info")
+    build.TORCH_VERSION, build.CUDA_VERSION, build.CUDA_ARCHS = torch_version, cuda_version, None
+    monkeypatch.setitem(sys.modules, "perfloss._build_info", build)
+
+
+def test_check_build_names_both_torch_builds_on_a_mismatch(monkeypatch):
+    installed = torch.__version__.split("+")[0]
+    major, minor = (int(v) for v in installed.split(".")[:2])
+    _fake_build(monkeypatch, installed, None)
+    library.check_build()  # the same torch: nothing to say
+    _fake_build(monkeypatch, f"{major}.{minor}.9", None)
+    library.check_build()  # a patch release keeps the C++ ABI
+    _fake_build(monkeypatch, f"{major}.{minor + 1}.0", None)
+    with pytest.raises(ImportError, match=rf"built for torch {major}\.{minor + 1}\.0 \(CPU\), but torch {re.escape(torch.__version__)}"):
+        library.check_build()
+    if torch.version.cuda is None:  # a CUDA build of the extension cannot load into a CPU torch
+        _fake_build(monkeypatch, installed, "13.0")
+        with pytest.raises(ImportError, match=r"built for torch .* \(CUDA 13\.0\), but torch .* \(CPU\) is installed"):
+            library.check_build()
 
 
 def _import_with(impl):

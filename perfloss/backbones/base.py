@@ -100,13 +100,15 @@ class Backbone(nn.Module):
         # Materialise children built on the meta device (get_backbone builds there so the layer
         # constructors' default init does not consume the global RNG). The loader then writes every
         # parameter (the random init covers all of them; a state dict must hold all kept ones);
-        # buffers are zeroed first because num_batches_tracked is optional in a state dict.
+        # buffers in the state dict are zeroed first because num_batches_tracked is optional there;
+        # the others are constants their module writes itself (googlenet.TransformInput).
         on_meta = any(t.is_meta for t in list(self.parameters()) + list(self.buffers()))
         if on_meta:
             self.to_empty(device="cpu")
             with torch.no_grad():
-                for buffer in self.buffers():
-                    buffer.zero_()
+                for t in self.state_dict(keep_vars=True).values():
+                    if not isinstance(t, nn.Parameter):
+                        t.zero_()
                 if load_weights is None:  # nothing will fill them: no uninitialised memory
                     for p in self.parameters():
                         p.zero_()

@@ -48,6 +48,12 @@ IMAGENET_FILES = {
     "squeezenet1_1": "squeezenet1_1-b8a52dc0.pth",
     "resnet18": "resnet18-f37072fd.pth",
     "resnet50": "resnet50-0676ba61.pth",
+    "resnext50_32x4d": "resnext50_32x4d-7cdf4587.pth",
+    "densenet121": "densenet121-a639ec97.pth",
+    "googlenet": "googlenet-1378be20.pth",
+    "inception_v3": "inception_v3_google-0cc3c7bd.pth",
+    "efficientnet_b0": "efficientnet_b0_rwightman-7f5810bc.pth",
+    "efficientnet_b7": "efficientnet_b7_lukemelas-c5b4e57e.pth",
 }
 URL_ROOT = "https://download.pytorch.org/models/"
 

@@ -4,14 +4,24 @@
 op's plain-PyTorch reference; torch registers it for the CompositeExplicitAutograd key, so it runs
 on every device where nothing faster is registered. Faster kernels sit on the per-device keys:
 
-- C++ CPU kernels register themselves with ``TORCH_LIBRARY_IMPL(perfloss, CPU, m)`` (``csrc/``) when
-  the extension ``perfloss._C`` is imported, which this module does when it was built;
-- Triton kernels (``kernels/``) are registered for CUDA tensors with ``register_kernel("cuda")``.
+- C++ kernels register themselves with ``TORCH_LIBRARY_IMPL(perfloss, CPU, m)`` (``csrc/``) and, in a
+  CUDA build, ``TORCH_LIBRARY_IMPL(perfloss, CUDA, m)`` (``csrc/cuda/``) when the extension
+  ``perfloss._C`` is imported, which this module does when it was built (after checking that it was
+  built for the installed torch);
+- Triton kernels (``kernels/``) and, where an implementation is chosen over a C++ kernel, the
+  reference are registered over them from here, in one ``torch.library.Library`` (destroying it
+  brings back what ``perfloss._C`` registered).
+
+Which implementation runs by default: on CPU the C++ kernel, else the reference. On CUDA, Triton,
+else the C++ CUDA kernel, else the reference. Triton comes first on CUDA until a GPU measures the two
+(``benchmarks/gpu_check.sh`` runs ``benchmarks/loss_ops_gpu.py`` with both): CI runs every Triton kernel
+whole under the interpreter, while a C++ CUDA kernel has its arithmetic CI-tested only through the CPU
+kernels that share its headers (``csrc/*_math.h``); its indexing has not run anywhere yet.
 
 Each op module registers its fake kernel and autograd formula with ``register_fake`` /
 ``register_autograd``. Every implementation stays a plain importable function: ``<op>_reference``
 in the op's module, the Triton launcher in ``perfloss.kernels.<op>``, and the C++ kernel is what the
-op runs on CPU tensors when the extension is loaded.
+op runs on the device's tensors when the extension is loaded (and ``use("cpp")`` is in force on CUDA).
 
 One switch runs the whole library on one implementation, for every op that has it: the environment
 variable ``PERFLOSS_IMPL`` (read once, when perfloss is imported) or the :func:`use` context manager
@@ -24,7 +34,7 @@ import importlib
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -35,9 +45,29 @@ DEVICES = ("cpu", "cuda")
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
+def check_build() -> None:
+    """Raise ImportError, naming both, when perfloss._C was compiled for another torch (major.minor)
+    or CUDA than the installed one: loading it would fail with an undefined symbol, or worse."""
+    try:
+        build = importlib.import_module("perfloss._build_info")
+    except ImportError:  # a source tree that was never built: nothing to check
+        return
+    if build.TORCH_VERSION is None:
+        return
+    built = f"torch {build.TORCH_VERSION} ({'CUDA ' + build.CUDA_VERSION if build.CUDA_VERSION else 'CPU'})"
+    installed = f"torch {torch.__version__} ({'CUDA ' + torch.version.cuda if torch.version.cuda else 'CPU'})"
+    same_torch = build.TORCH_VERSION.split(".")[:2] == torch.__version__.split("+")[0].split(".")[:2]
+    # a CPU build runs on a CUDA torch (it links only torch's CPU libraries), not the other way round
+    same_cuda = build.CUDA_VERSION is None or (torch.version.cuda or "").split(".")[0] == build.CUDA_VERSION.split(".")[0]
+    if not (same_torch and same_cuda):
+        raise ImportError(f"perfloss's extension was built for {built}, but {installed} is installed. Install the "
+                          f"perfloss wheel built for your torch and CUDA, or build from source against it: "
+                          f"pip install --no-build-isolation perfloss (README: Installing)")
+
+
 @functools.lru_cache(maxsize=None)
 def extension_error() -> Optional[str]:
-    """None when the C++ extension perfloss._C is loaded (its CPU kernels registered), else why not."""
+    """None when the C++ extension perfloss._C is loaded (its kernels registered), else why not."""
     try:
         importlib.import_module("perfloss._C")
     except (ImportError, OSError) as exc:
@@ -61,68 +91,70 @@ def triton_kernel(module: str, name: str) -> Optional[Callable]:
     return getattr(importlib.import_module(f"perfloss.kernels.{module}"), name)
 
 
+def _has_cpp(name: str, device: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"perfloss::{name}", _DISPATCH_KEYS[device])
+
+
 @dataclass
 class _Entry:
     reference: Callable
     triton: Optional[Callable]
-    has_cpp: bool
+    cpp: Tuple[str, ...]  # the devices perfloss._C registered a C++ kernel for
 
     def has(self, impl: str, device: str) -> bool:
         if impl == "reference":
             return True
         if impl == "cpp":
-            return device == "cpu" and self.has_cpp
+            return device in self.cpp
         return self.triton is not None and (device == "cuda" or interpreting())
 
     def default(self, device: str) -> str:
-        if self.has("cpp", device):
-            return "cpp"
-        return "triton" if device == "cuda" and self.triton is not None else "reference"
+        order = ("cpp",) if device == "cpu" else ("triton", "cpp")  # see the module docstring for why
+        return next((impl for impl in order if self.has(impl, device)), "reference")
 
     def running(self, device: str) -> str:
         return _forced if _forced is not None and self.has(_forced, device) else self.default(device)
 
+    def registered(self, device: str) -> str:
+        """What runs on the device's tensors with nothing registered from here."""
+        return "cpp" if device in self.cpp else "reference"
+
 
 _OPS: Dict[str, _Entry] = {}
 _forced: Optional[str] = None
-_forced_library: Optional[torch.library.Library] = None  # the kernels registered over the defaults
+_library: Optional[torch.library.Library] = None  # the kernels registered over perfloss._C's and the references
 
 
 def define(name: str, reference: Callable, *, triton: Optional[Callable] = None, mutates_args: Sequence[str] = ()):
     """Define ``perfloss::<name>`` from its annotated plain-PyTorch ``reference`` (which gives the
-    schema and runs where nothing faster is registered); register ``triton`` for CUDA tensors."""
+    schema and runs where nothing faster is registered); ``triton`` is its kernel for CUDA tensors."""
     op = torch.library.custom_op(f"perfloss::{name}", reference, mutates_args=tuple(mutates_args))
-    if triton is not None:
-        op.register_kernel("cuda", triton)
-    # perfloss._C, imported below before any op is defined, has registered the C++ CPU kernels
-    _OPS[name] = _Entry(reference, triton, torch._C._dispatch_has_kernel_for_dispatch_key(f"perfloss::{name}", "CPU"))
-    if _forced_library is not None:
-        _register_forced(name)
+    # perfloss._C, imported below before any op is defined, has registered its C++ kernels
+    _OPS[name] = _Entry(reference, triton, tuple(d for d in DEVICES if _has_cpp(name, d)))
+    _register(name)
     return op
 
 
-def _register_forced(name: str) -> None:
+def _register(name: str) -> None:
     entry = _OPS[name]
     for device in DEVICES:
         impl = entry.running(device)
-        if impl == entry.default(device):
-            continue  # the C++ kernel is only ever a default: never re-registered
-        with warnings.catch_warnings():  # torch warns (once) that a kernel is being overridden
+        if impl == entry.registered(device):
+            continue
+        with warnings.catch_warnings():  # torch warns (once) that a C++ kernel is being overridden
             warnings.simplefilter("ignore", UserWarning)
-            _forced_library.impl(name, entry.triton if impl == "triton" else entry.reference, _DISPATCH_KEYS[device])
+            _library.impl(name, entry.triton if impl == "triton" else entry.reference, _DISPATCH_KEYS[device])
 
 
 def _select(impl: Optional[str]) -> None:
-    global _forced, _forced_library
+    global _forced, _library
     if impl is not None and impl not in IMPLEMENTATIONS:
         raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if _forced_library is not None:
-        _forced_library._destroy()  # the default registrations are back
-    _forced, _forced_library = impl, None
-    if impl is not None:
-        _forced_library = torch.library.Library("perfloss", "IMPL")
-        for name in _OPS:
-            _register_forced(name)
+    if _library is not None:
+        _library._destroy()  # perfloss._C's registrations are back
+    _forced, _library = impl, torch.library.Library("perfloss", "IMPL")
+    for name in _OPS:
+        _register(name)
 
 
 @contextlib.contextmanager
@@ -142,8 +174,12 @@ def backend_info() -> Dict[str, Dict[str, str]]:
     """Per op, the implementation (``reference``, ``cpp``, ``triton``) that runs on ``cpu`` and ``cuda``."""
     info = {name: {device: entry.running(device) for device in DEVICES} for name, entry in sorted(_OPS.items())}
     info["_extension"] = {"perfloss._C": "loaded" if extension_error() is None else extension_error()}
+    if extension_error() is None:
+        build = importlib.import_module("perfloss._build_info")
+        info["_extension"].update(torch=build.TORCH_VERSION, cuda=str(build.CUDA_VERSION), cuda_archs=str(build.CUDA_ARCHS))
     return info
 
 
-extension_error()  # import perfloss._C now, so its CPU kernels are registered before define() looks
+check_build()
+extension_error()  # import perfloss._C now, so its kernels are registered before define() looks
 _select(os.environ.get("PERFLOSS_IMPL") or None)
