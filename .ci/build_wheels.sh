@@ -30,6 +30,8 @@ case "$kind" in
       "$venv/bin/pip" install -q torch==2.11.0
     fi
     py=$venv/bin/python
+    # torch guesses CUDA_HOME from nvcc's path, wrong where nvcc is a wrapper script (/usr/local/bin/nvcc)
+    if [ -z "${CUDA_HOME:-}" ] && [ -f /usr/local/cuda/include/cuda_runtime_api.h ]; then export CUDA_HOME=/usr/local/cuda; fi
     export PERFLOSS_CUDA=1 ;;
   *) echo "build_wheels.sh: kind must be cpu or cuda, got '$kind'" >&2; exit 2 ;;
 esac
@@ -59,10 +61,12 @@ manifest=$wheel.manifest.txt
   echo
   "$py" -m zipfile -l "$wheel"
   if [ "$kind" = cuda ]; then
+    # cuobjdump: the CUDA toolkit's, else the copy Triton ships (a dependency of the CUDA torch)
+    cuobjdump=$(command -v cuobjdump || "$py" -c 'import os, triton; print(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump"))')
     "$py" -m zipfile -e "$wheel" "$work/unpacked"
     so=$(ls "$work"/unpacked/perfloss/_C*.so)
-    echo; echo "cuobjdump --list-elf (SASS per arch):"; cuobjdump --list-elf "$so"
-    echo; echo "cuobjdump --list-ptx:"; cuobjdump --list-ptx "$so"
+    echo; echo "cuobjdump --list-elf (SASS per arch):"; "$cuobjdump" --list-elf "$so"
+    echo; echo "cuobjdump --list-ptx:"; "$cuobjdump" --list-ptx "$so"
   fi
 } > "$manifest"
 echo "$wheel"

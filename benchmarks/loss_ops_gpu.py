@@ -3,8 +3,10 @@
     PERFLOSS_TEST_GPU=1 python benchmarks/loss_ops_gpu.py [--quick] [--out benchmarks/results]
 
 Side by side in one run, every time the median of triton.testing.do_bench (L2 flushed between
-runs): the fused op (Triton, or what PERFLOSS_IMPL forces), the eager PyTorch formula, the same
-formula under torch.compile, and for Gram also torch.bmm alone. Cases follow issue 4:
+runs): the fused op on each of its CUDA implementations (``triton``: kernels/, ``cpp``: the C++ CUDA
+kernels of csrc/cuda/, selected with perfloss.ops.library.use), the eager PyTorch formula, the same
+formula under torch.compile, and for Gram also torch.bmm alone; ``faster`` names the implementation
+the op should default to on this device. Cases follow issue 4:
 - gram, C in {64, 128, 256, 512}, H*W from 32^2 to 256^2, batch 16, bf16 and fp32 (forward), with
   the bandwidth reached (features read once) next to a measured device copy of the same bytes;
 - style loss forward + backward over the four Johnson taps (VGG-16 relu1_2 .. relu4_3, 256 px);
@@ -13,6 +15,7 @@ formula under torch.compile, and for Gram also torch.bmm alone. Cases follow iss
 - mse / l1 heads forward + backward against a plain elementwise op moving the same bytes
   (read f0 and f1, write one tensor), and tv_loss on images.
 Writes loss_ops_gpu_<device>.json and .csv (device name, torch / triton / CUDA versions, date, TF32).
+Columns: <impl>_ms; x/<impl> = how many times faster <impl> is than x.
 """
 import argparse
 import csv
@@ -73,8 +76,23 @@ def eager_tv(x, kind):
 
 
 # ---- timing helpers -----------------------------------------------------------------------------
+IMPLS = ("triton", "cpp")  # the fused ops' CUDA implementations
+
+
 def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def per_impl(op, measure):
+    """{impl: measure()} for each CUDA implementation of perfloss op ``op`` that this build has."""
+    from perfloss.ops import library
+
+    out = {}
+    for impl in IMPLS:
+        with library.use(impl):
+            if library.backend_info()[op]["cuda"] == impl:
+                out[impl] = measure()
+    return out
 
 
 def fwd_bwd(loss_fn, leaves):
@@ -124,13 +142,13 @@ def run_gram(rows, quick, dev):
             for side in sides:
                 x = torch.randn(16, c, side, side, device=dev, dtype=dtype)
                 comp = compiled(eager_gram)
-                t = {"fused": bench(lambda: gram(x)), "eager": bench(lambda: eager_gram(x)),
-                     "bmm": bench(lambda: bmm_only(x))}
+                t = per_impl("gram", lambda: bench(lambda: gram(x)))
+                t.update(eager=bench(lambda: eager_gram(x)), bmm=bench(lambda: bmm_only(x)))
                 if comp is not None:
                     t["compile"] = bench(lambda: comp(x))
                 nbytes = x.numel() * x.element_size()
-                bw = nbytes / (t["fused"] * 1e-3)
-                rows.append(row("gram", f"16x{c}x{side}x{side}", dtype, t, fused_GBps=bw / 1e9,
+                bandwidth = {f"{impl}_GBps": nbytes / (t[impl] * 1e-3) / 1e9 for impl in IMPLS if impl in t}
+                rows.append(row("gram", f"16x{c}x{side}x{side}", dtype, t, **bandwidth,
                                 copy_GBps=copy_bandwidth(nbytes, dev) / 1e9))
 
 
@@ -149,7 +167,8 @@ def run_style(rows, quick, dev):
             targets = [gram(torch.randn_like(f[:1])).float().detach() for f in feats]
             fused = fwd_bwd(lambda: sum(style_loss(f, t) for f, t in zip(feats, targets)), feats)
             eager_fn = lambda: eager_style(feats, targets)  # noqa: E731
-            t = {"fused": bench(fused), "eager": bench(fwd_bwd(eager_fn, feats))}
+            t = per_impl("style_loss", lambda: bench(fused))
+            t["eager"] = bench(fwd_bwd(eager_fn, feats))
             comp = compiled(eager_style)
             if comp is not None:
                 t["compile"] = bench(fwd_bwd(lambda: comp(feats, targets), feats))
@@ -167,12 +186,14 @@ def run_lpips(rows, quick, dev):
             ws = [torch.rand(f.shape[1], device=dev) for f in f0s]
             fused_fn = lambda: sum(feature_distance(a, b, "lpips", w) for a, b, w in zip(f0s, f1s, ws))  # noqa: E731
             eager_fn = lambda: eager_lpips(f0s, f1s, ws)  # noqa: E731
-            t = {"fused": bench(fwd_bwd(fused_fn, f0s)), "eager": bench(fwd_bwd(eager_fn, f0s))}
+            t = per_impl("feature_distance", lambda: bench(fwd_bwd(fused_fn, f0s)))
+            t["eager"] = bench(fwd_bwd(eager_fn, f0s))
             comp = compiled(eager_lpips)
             if comp is not None:
                 t["compile"] = bench(fwd_bwd(lambda: comp(f0s, f1s, ws), f0s))
-            rows.append(row("lpips_vgg_fwd_bwd", f"B{batch} 256px 5 taps", dtype, t,
-                            fused_held_MB=held_after_forward(fused_fn, f0s) / 2**20,
+            held = {f"{impl}_held_MB": mb for impl, mb in
+                    per_impl("feature_distance", lambda: held_after_forward(fused_fn, f0s) / 2**20).items()}
+            rows.append(row("lpips_vgg_fwd_bwd", f"B{batch} 256px 5 taps", dtype, t, **held,
                             eager_held_MB=held_after_forward(eager_fn, f0s) / 2**20))
 
 
@@ -187,16 +208,16 @@ def run_elementwise(rows, quick, dev):
         out = torch.empty_like(b)
         same_bytes = bench(lambda: torch.add(a.detach(), b, out=out))  # read 2, write 1, like the fused op
         for kind in ("mse", "l1"):
-            t = {"fused": bench(fwd_bwd(lambda: feature_distance(a, b, kind), [a])),
-                 "eager": bench(fwd_bwd(lambda: eager_distance(a, b, kind), [a])), "copy_same_bytes": same_bytes}
+            t = per_impl("feature_distance", lambda: bench(fwd_bwd(lambda: feature_distance(a, b, kind), [a])))
+            t.update(eager=bench(fwd_bwd(lambda: eager_distance(a, b, kind), [a])), copy_same_bytes=same_bytes)
             comp = compiled(eager_distance)
             if comp is not None:
                 t["compile"] = bench(fwd_bwd(lambda: comp(a, b, kind), [a]))
             rows.append(row(f"{kind}_fwd_bwd", "x".join(map(str, shape)), dtype, t))
         img = torch.randn(16, 3, 512, 512, device=dev, dtype=dtype).requires_grad_(True)
         for kind in ("l1", "l2"):
-            t = {"fused": bench(fwd_bwd(lambda: tv_loss(img, kind), [img])),
-                 "eager": bench(fwd_bwd(lambda: eager_tv(img, kind), [img]))}
+            t = per_impl("tv_loss", lambda: bench(fwd_bwd(lambda: tv_loss(img, kind), [img])))
+            t["eager"] = bench(fwd_bwd(lambda: eager_tv(img, kind), [img]))
             rows.append(row(f"tv_{kind}_fwd_bwd", "16x3x512x512", dtype, t))
 
 
@@ -204,9 +225,13 @@ def row(case, shape, dtype, times, **extra):
     r = {"case": case, "shape": shape, "dtype": str(dtype).replace("torch.", "")}
     for k, v in times.items():
         r[f"{k}_ms"] = round(v, 5)
-    for k in ("eager", "compile", "bmm", "copy_same_bytes"):
-        if k in times:
-            r[f"{k}/fused"] = round(times[k] / times["fused"], 3)
+    impls = [i for i in IMPLS if i in times]
+    for impl in impls:
+        for k in ("eager", "compile", "bmm", "copy_same_bytes") + IMPLS:
+            if k in times and k != impl:
+                r[f"{k}/{impl}"] = round(times[k] / times[impl], 3)
+    if impls:
+        r["faster"] = min(impls, key=times.get)
     for k, v in extra.items():
         r[k] = round(v, 3)
     print(r, flush=True)
@@ -235,7 +260,7 @@ def main(argv=None):
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
         "allow_tf32": torch.backends.cuda.matmul.allow_tf32,
         "backends": perfloss.backend_info(),
-        "timing": "triton.testing.do_bench median (L2 flushed), ms; x/fused = speedup of fused over x",
+        "timing": "triton.testing.do_bench median (L2 flushed), ms; x/impl = speedup of implementation impl over x",
     }
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, "loss_ops_gpu_" + meta["device"].replace(" ", "_").replace("/", "_"))

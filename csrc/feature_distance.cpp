@@ -3,27 +3,15 @@
 // One pass over f0 and f1: mse/l1 stream each sample's C*H*W elements (the same order in NCHW and
 // NHWC, since f0, f1 and the gradient share one layout); cosine/lpips work on blocks of pixels whose
 // channel columns stay in cache between the norm pass and the value/gradient passes. fp32 (float64
-// for float64) accumulation; per-task partial sums are added per sample in a fixed order.
+// for float64) accumulation; per-task partial sums are added per sample in a fixed order. The
+// per-element math is loss_math.h's, which the CUDA kernel (csrc/cuda/feature_distance.cu) runs too.
 #include "loss_common.h"
-
-#include <cmath>
-#include <string>
+#include "loss_math.h"
 
 namespace perfloss {
 namespace {
 
-
-constexpr double kEps = 1e-10;
-enum Kind { kMse = 0, kL1 = 1, kCosine = 2, kLpips = 3 };
-
-int parse_kind(const std::string& kind) {
-  if (kind == "mse") return kMse;
-  if (kind == "l1") return kL1;
-  if (kind == "cosine") return kCosine;
-  if (kind == "lpips") return kLpips;
-  TORCH_CHECK(false, "kind must be one of ('mse', 'l1', 'cosine', 'lpips'), got '", kind, "'");
-  return -1;
-}
+using namespace loss_math;
 
 // ---- mse / l1: elementwise over each sample -------------------------------------------------
 template <typename scalar_t, typename acc_t, int KIND, bool GRAD>
@@ -32,13 +20,8 @@ acc_t elementwise_chunk(const scalar_t* a, const scalar_t* b, scalar_t* g, int64
 #pragma omp simd reduction(+ : s)
   for (int64_t i = 0; i < n; ++i) {
     acc_t d = static_cast<acc_t>(a[i]) - static_cast<acc_t>(b[i]);
-    if (KIND == kMse) {
-      s += d * d;
-      if (GRAD) g[i] = static_cast<scalar_t>(d * gscale);
-    } else {
-      s += std::abs(d);
-      if (GRAD) g[i] = static_cast<scalar_t>(static_cast<acc_t>((d > 0) - (d < 0)) * gscale);
-    }
+    s += elementwise_term<KIND>(d);
+    if (GRAD) g[i] = static_cast<scalar_t>(elementwise_grad<KIND>(d, gscale));
   }
   return s;
 }
@@ -71,7 +54,6 @@ void run_normalized_nchw(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
   constexpr int64_t PB = 64;
   const int64_t blocks = ceil_div(P, PB);
   std::vector<acc_t> partials(B * blocks, acc_t(0));
-  const acc_t eps = static_cast<acc_t>(kEps);
   const acc_t inv_p = static_cast<acc_t>(1.0 / static_cast<double>(P));
   std::vector<acc_t> wv(C, acc_t(1));
   if (w != nullptr)
@@ -97,12 +79,12 @@ void run_normalized_nchw(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
       }
       acc_t part = 0;
       for (int64_t p = 0; p < np; ++p) {
-        r0[p] = acc_t(1) / std::sqrt(s00[p] + eps);
-        r1[p] = acc_t(1) / std::sqrt(s11[p] + eps);
+        r0[p] = inverse_norm(s00[p]);
+        r1[p] = inverse_norm(s11[p]);
       }
       if (KIND == kCosine) {
         for (int64_t p = 0; p < np; ++p) {
-          t[p] = s01[p] * r0[p] * r1[p];  // cosine similarity
+          t[p] = cosine_similarity(s01[p], r0[p], r1[p]);
           part += acc_t(1) - t[p];
         }
         if (GRAD) {
@@ -113,7 +95,7 @@ void run_normalized_nchw(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
 #pragma omp simd
             for (int64_t p = 0; p < np; ++p) {
               acc_t x = static_cast<acc_t>(ac[p]), y = static_cast<acc_t>(bc[p]);
-              gc[p] = static_cast<scalar_t>((x * r0[p] * t[p] - y * r1[p]) * r0[p] * inv_p);
+              gc[p] = static_cast<scalar_t>(cosine_grad(x, y, r0[p], r1[p], t[p], inv_p));
             }
           }
         }
@@ -128,8 +110,8 @@ void run_normalized_nchw(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
           for (int64_t p = 0; p < np; ++p) {
             acc_t n0 = static_cast<acc_t>(ac[p]) * r0[p], n1 = static_cast<acc_t>(bc[p]) * r1[p];
             acc_t d = n0 - n1;
-            val[p] += wc * d * d;
-            t[p] += wc * n0 * d;
+            val[p] += lpips_term(wc, d);
+            t[p] += lpips_projection_term(wc, n0, d);
           }
         }
         for (int64_t p = 0; p < np; ++p) part += val[p];
@@ -143,7 +125,7 @@ void run_normalized_nchw(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
 #pragma omp simd
             for (int64_t p = 0; p < np; ++p) {
               acc_t n0 = static_cast<acc_t>(ac[p]) * r0[p], n1 = static_cast<acc_t>(bc[p]) * r1[p];
-              gc[p] = static_cast<scalar_t>(two_inv_p * r0[p] * (wc * (n0 - n1) - n0 * t[p]));
+              gc[p] = static_cast<scalar_t>(lpips_grad(two_inv_p * r0[p], wc, n0, n1, t[p]));
             }
           }
         }
@@ -162,7 +144,6 @@ void run_normalized_nhwc(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
   const int64_t PB = std::max<int64_t>(1, 8192 / C);
   const int64_t blocks = ceil_div(P, PB);
   std::vector<acc_t> partials(B * blocks, acc_t(0));
-  const acc_t eps = static_cast<acc_t>(kEps);
   const acc_t inv_p = static_cast<acc_t>(1.0 / static_cast<double>(P));
   std::vector<acc_t> wv(C, acc_t(1));
   if (w != nullptr)
@@ -185,16 +166,16 @@ void run_normalized_nhwc(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
           s11 += y * y;
           s01 += x * y;
         }
-        const acc_t r0 = acc_t(1) / std::sqrt(s00 + eps), r1 = acc_t(1) / std::sqrt(s11 + eps);
+        const acc_t r0 = inverse_norm(s00), r1 = inverse_norm(s11);
         if (KIND == kCosine) {
-          const acc_t cs = s01 * r0 * r1;
+          const acc_t cs = cosine_similarity(s01, r0, r1);
           part += acc_t(1) - cs;
           if (GRAD) {
             scalar_t* gc = g + off;
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) {
               acc_t x = static_cast<acc_t>(ac[c]), y = static_cast<acc_t>(bc[c]);
-              gc[c] = static_cast<scalar_t>((x * r0 * cs - y * r1) * r0 * inv_p);
+              gc[c] = static_cast<scalar_t>(cosine_grad(x, y, r0, r1, cs, inv_p));
             }
           }
         } else {
@@ -203,8 +184,8 @@ void run_normalized_nhwc(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
           for (int64_t c = 0; c < C; ++c) {
             acc_t n0 = static_cast<acc_t>(ac[c]) * r0, n1 = static_cast<acc_t>(bc[c]) * r1;
             acc_t d = n0 - n1;
-            val += wp[c] * d * d;
-            t += wp[c] * n0 * d;
+            val += lpips_term(wp[c], d);
+            t += lpips_projection_term(wp[c], n0, d);
           }
           part += val;
           if (GRAD) {
@@ -213,7 +194,7 @@ void run_normalized_nhwc(const scalar_t* a, const scalar_t* b, scalar_t* g, cons
 #pragma omp simd
             for (int64_t c = 0; c < C; ++c) {
               acc_t n0 = static_cast<acc_t>(ac[c]) * r0, n1 = static_cast<acc_t>(bc[c]) * r1;
-              gc[c] = static_cast<scalar_t>(k * (wp[c] * (n0 - n1) - n0 * t));
+              gc[c] = static_cast<scalar_t>(lpips_grad(k, wp[c], n0, n1, t));
             }
           }
         }
@@ -249,18 +230,10 @@ std::tuple<at::Tensor, at::Tensor> feature_distance_cpu(const at::Tensor& f0, co
                                                         c10::string_view kind_view,
                                                         const std::optional<at::Tensor>& weight,
                                                         bool compute_grad) {
-  loss::check_features(f0, "f0");
-  loss::check_features(f1, "f1");
-  TORCH_CHECK(f0.sizes() == f1.sizes(), "f0 and f1 must have the same shape, got ", f0.sizes(), " and ", f1.sizes());
-  TORCH_CHECK(f0.scalar_type() == f1.scalar_type(), "f0 and f1 must have the same dtype");
-  const int kind = parse_kind(std::string(kind_view));
+  const int kind = loss::check_distance_args(f0, f1, kind_view, weight, at::kCPU);
   const int64_t B = f0.size(0), C = f0.size(1), P = f0.size(2) * f0.size(3);
   at::Tensor w64;
-  if (weight.has_value() && weight->defined()) {
-    TORCH_CHECK(kind == kLpips, "weight is only used by kind='lpips'");
-    TORCH_CHECK(weight->numel() == C, "weight must have one entry per channel (", C, "), got ", weight->sizes());
-    w64 = weight->detach().to(at::kDouble).contiguous();
-  }
+  if (weight.has_value() && weight->defined()) w64 = weight->detach().to(at::kDouble).contiguous();
   const bool cl = work_channels_last(f0);
   const at::Tensor a = f0.contiguous(memory_format_of(cl));
   const at::Tensor b = f1.contiguous(memory_format_of(cl));

@@ -1,9 +1,13 @@
-// Helpers shared by the CPU kernels of the loss ops (gram, style_loss, feature_distance, tv_loss).
+// Helpers shared by the CPU kernels of the loss ops (gram, style_loss, feature_distance, tv_loss); the
+// argument checks and gradient layout also serve the CUDA kernels' glue (csrc/cuda/*_ops.cpp).
 #pragma once
 
 #include "common.h"
+#include "loss_math.h"
 
 #include <algorithm>
+#include <optional>
+#include <string>
 #include <vector>
 
 // Hot loops get AVX-512 / AVX2 clones picked at load time by CPU features (GCC function
@@ -17,11 +21,51 @@
 namespace perfloss {
 namespace loss {
 
-inline void check_features(const at::Tensor& x, const char* name) {
+// `device`: the kind of device the calling kernel runs on (the CUDA kernels' glue passes at::kCUDA).
+inline void check_features(const at::Tensor& x, const char* name, at::DeviceType device = at::kCPU) {
   TORCH_CHECK(x.dim() == 4, name, " must be a 4-D (B, C, H, W) tensor, got ", x.sizes());
   TORCH_CHECK(at::isFloatingType(x.scalar_type()), name, " must be floating point, got ", x.scalar_type());
   TORCH_CHECK(x.numel() > 0, name, " must not be empty");
-  TORCH_CHECK(x.device().is_cpu(), name, " must be a CPU tensor");
+  TORCH_CHECK(x.device().type() == device, name, " must be a ", c10::DeviceTypeName(device), " tensor, got one on ",
+              x.device());
+}
+
+// feature_distance's arguments, checked alike by its CPU and CUDA kernels; returns the kind as a
+// loss_math::DistanceKind.
+inline int check_distance_args(const at::Tensor& f0, const at::Tensor& f1, c10::string_view kind,
+                               const std::optional<at::Tensor>& weight, at::DeviceType device) {
+  check_features(f0, "f0", device);
+  TORCH_CHECK(f0.device() == f1.device(), "f0 and f1 must be on the same device, got ", f0.device(), " and ",
+              f1.device());
+  check_features(f1, "f1", device);
+  TORCH_CHECK(f0.sizes() == f1.sizes(), "f0 and f1 must have the same shape, got ", f0.sizes(), " and ", f1.sizes());
+  TORCH_CHECK(f0.scalar_type() == f1.scalar_type(), "f0 and f1 must have the same dtype");
+  int k = -1;
+  if (kind == "mse") k = loss_math::kMse;
+  if (kind == "l1") k = loss_math::kL1;
+  if (kind == "cosine") k = loss_math::kCosine;
+  if (kind == "lpips") k = loss_math::kLpips;
+  TORCH_CHECK(k >= 0, "kind must be one of ('mse', 'l1', 'cosine', 'lpips'), got '", std::string(kind), "'");
+  if (weight.has_value() && weight->defined()) {
+    TORCH_CHECK(k == loss_math::kLpips, "weight is only used by kind='lpips'");
+    TORCH_CHECK(weight->numel() == f0.size(1), "weight must have one entry per channel (", f0.size(1), "), got ",
+                weight->sizes());
+    TORCH_CHECK(weight->device() == f0.device(), "weight must be on f0's device (", f0.device(), "), got ",
+                weight->device());
+  }
+  return k;
+}
+
+// style_loss's target Gram for features (B, C, ...): (B or 1, C, C) on the features' device.
+inline void check_target_gram(const at::Tensor& target_gram, const at::Tensor& features) {
+  const int64_t B = features.size(0), C = features.size(1);
+  TORCH_CHECK(target_gram.dim() == 3 && target_gram.size(1) == C && target_gram.size(2) == C &&
+                  (target_gram.size(0) == B || target_gram.size(0) == 1),
+              "target_gram must be (", B, " or 1, ", C, ", ", C, "), got ", target_gram.sizes());
+  TORCH_CHECK(target_gram.device() == features.device(), "target_gram must be on the features' device (",
+              features.device(), "), got ", target_gram.device());
+  TORCH_CHECK(at::isFloatingType(target_gram.scalar_type()), "target_gram must be floating point, got ",
+              target_gram.scalar_type());
 }
 
 // A gradient tensor laid out exactly as torch.empty_like(like) (what the fake kernels return), and the

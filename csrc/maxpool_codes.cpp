@@ -1,12 +1,12 @@
 // perfloss::maxpool_codes / maxpool_unroute, CPU kernels: max pooling keeping each window's argmax as
 // a packed 2/4/8-bit code (NCHW order of the output), and the backward routing from those codes.
 // Ties / NaN resolve as in ATen's CPU max_pool2d (first maximum in row-major window order, NaN wins).
+// The per-element math is csrc/lean_math.h's, shared with the CUDA kernels (csrc/cuda/maxpool_codes.cu); the AVX2
+// fp32 paths compute the same in vector form.
 // See perfloss/ops/maxpool_codes.py for the contract; the reference there is the specification.
 #include "lean_common.h"
 
-#include <cmath>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -25,7 +25,7 @@ inline void pool2x2_one(const scalar_t* r0, const scalar_t* r1, scalar_t* y, uin
   acc_t best = v[0];
   uint8_t k = 0;
   for (uint8_t j = 1; j < 4; ++j) {
-    if (v[j] > best || std::isnan(v[j])) {
+    if (pool_takes(v[j], best)) {
       best = v[j];
       k = j;
     }
@@ -99,41 +99,17 @@ __attribute__((target("avx2"))) int64_t unroute2x2_row_f32_avx2(const float* gro
 }
 #endif
 
-int64_t code_bits(int64_t k) {
-  if (k <= 4) return 2;
-  if (k <= 16) return 4;
-  TORCH_CHECK(k <= 256, "maxpool_codes: windows of more than 256 positions are not supported");
-  return 8;
-}
-
-int64_t out_size(int64_t size, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
-  const int64_t eff = d * (k - 1) + 1;
-  const int64_t num = size + 2 * p - eff;
-  int64_t out = (num + (ceil_mode ? s - 1 : 0)) / s + 1;
-  if (ceil_mode && (out - 1) * s >= size + p) --out;
-  return out;
-}
-
-struct Geometry {
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
-};
-
-Geometry geometry(at::IntArrayRef k, at::IntArrayRef s, at::IntArrayRef p, at::IntArrayRef d) {
-  TORCH_CHECK(k.size() == 2 && s.size() == 2 && p.size() == 2 && d.size() == 2,
-              "maxpool_codes: kernel, stride, padding, dilation must have 2 entries each");
-  return {k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1]};
-}
 
 std::tuple<at::Tensor, at::Tensor> maxpool_codes_cpu(const at::Tensor& x, at::IntArrayRef kernel,
                                                         at::IntArrayRef stride, at::IntArrayRef padding,
                                                         at::IntArrayRef dilation, bool ceil_mode, int64_t keep) {
   TORCH_CHECK(x.device().is_cpu() && x.dim() == 4, "maxpool_codes: x must be a 4-D CPU tensor");
-  const Geometry g = geometry(kernel, stride, padding, dilation);
+  const PoolGeometry g = pool_geometry(kernel, stride, padding, dilation, "maxpool_codes");
   const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   TORCH_CHECK(keep >= 0 && keep <= B, "maxpool_codes: keep out of range");
-  const int64_t OH = out_size(H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
-  const int64_t OW = out_size(W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
-  const int64_t bits = code_bits(g.kh * g.kw);
+  const int64_t OH = pool_out_size(H, g.kh, g.sh, g.ph, g.dh, ceil_mode);
+  const int64_t OW = pool_out_size(W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
+  const int64_t bits = pool_code_bits(g.kh * g.kw);
   const int64_t per = 8 / bits;
   const bool cl = work_channels_last(x);
   at::Tensor y = at::empty({B, C, OH, OW}, x.options().memory_format(cl ? at::MemoryFormat::ChannelsLast
@@ -150,26 +126,10 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_cpu(const at::Tensor& x, at::In
     uint8_t* cptr = codes.mutable_data_ptr<uint8_t>();
     // One output element (b, c, oh, ow): writes y, returns the window code.
     auto pool_one = [&](int64_t b, int64_t c, int64_t oh, int64_t ow) -> uint8_t {
-      const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-      const scalar_t* plane = src + b * xs0 + c * xs1;
-      acc_t best = -std::numeric_limits<acc_t>::infinity();
-      int64_t code = -1;
-      for (int64_t i = 0; i < g.kh; ++i) {
-        const int64_t ih = h0 + i * g.dh;
-        if (ih < 0 || ih >= H) continue;
-        for (int64_t j = 0; j < g.kw; ++j) {
-          const int64_t iw = w0 + j * g.dw;
-          if (iw < 0 || iw >= W) continue;
-          const acc_t v = static_cast<acc_t>(plane[ih * xs2 + iw * xs3]);
-          if (code < 0) code = i * g.kw + j;  // ATen starts from the first in-bounds position
-          if (v > best || std::isnan(v)) {
-            best = v;
-            code = i * g.kw + j;
-          }
-        }
-      }
+      acc_t best;
+      const unsigned code = pool_window(src + b * xs0 + c * xs1, xs2, xs3, H, W, g, oh, ow, best);
       dst[b * ys0 + c * ys1 + oh * ys2 + ow * ys3] = static_cast<scalar_t>(best);
-      return static_cast<uint8_t>(code < 0 ? 0 : code);
+      return static_cast<uint8_t>(code);
     };
     // Walk flat NCHW output indices [e0, e1) with incremental (b, c, oh, ow) counters.
     struct Cursor {
@@ -277,12 +237,10 @@ at::Tensor maxpool_unroute_cpu(const at::Tensor& grad, const at::Tensor& codes_i
   TORCH_CHECK(grad.device().is_cpu() && grad.dim() == 4, "maxpool_unroute: grad must be a 4-D CPU tensor");
   TORCH_CHECK(codes_in.scalar_type() == at::kByte, "maxpool_unroute: codes must be uint8");
   TORCH_CHECK(input_hw.size() == 2, "maxpool_unroute: input_hw must have 2 entries");
-  const Geometry g = geometry(kernel, stride, padding, dilation);
+  const PoolGeometry g = pool_geometry(kernel, stride, padding, dilation, "maxpool_unroute");
   const int64_t B = grad.size(0), C = grad.size(1), OH = grad.size(2), OW = grad.size(3);
   const int64_t H = input_hw[0], W = input_hw[1];
-  const int64_t bits = code_bits(g.kh * g.kw);
-  const int64_t per = 8 / bits;
-  const uint8_t cmask = static_cast<uint8_t>((1u << bits) - 1u);
+  const int64_t bits = pool_code_bits(g.kh * g.kw);
   const at::Tensor codes = codes_in.contiguous();
   TORCH_CHECK(codes.numel() == packed_bytes(B * C * OH * OW, bits), "maxpool_unroute: codes size mismatch");
   const int64_t gs0 = grad.stride(0), gs1 = grad.stride(1), gs2 = grad.stride(2), gs3 = grad.stride(3);
@@ -335,10 +293,8 @@ at::Tensor maxpool_unroute_cpu(const at::Tensor& grad, const at::Tensor& codes_i
         }
         for (int64_t oh = 0; oh < OH; ++oh) {
           for (int64_t ow = (oh < rows_fast ? cols_fast : 0); ow < OW; ++ow) {
-            const int64_t e = (p * OH + oh) * OW + ow;
-            const int64_t code = (cp[e / per] >> ((e % per) * bits)) & cmask;
-            const int64_t ih = oh * g.sh - g.ph + (code / g.kw) * g.dh;
-            const int64_t iw = ow * g.sw - g.pw + (code % g.kw) * g.dw;
+            int64_t ih, iw;
+            pool_code_to_input(g, oh, ow, packed_code_at(cp, (p * OH + oh) * OW + ow, bits), ih, iw);
             plane[ih * W + iw] += gplane[oh * gs2 + ow * gs3];
           }
         }

@@ -1,5 +1,7 @@
 // perfloss::relu_mask / relu_mask_ / relu_mask_backward, CPU kernels: ReLU / LeakyReLU fused with a 1-bit packed
 // sign mask (8 elements per byte, memory order) and the mask-unpack fused with the backward multiply.
+// The per-element math is csrc/lean_math.h's, shared with the CUDA kernels (csrc/cuda/relu_mask.cu); the AVX2
+// fp32 paths compute the same in vector form.
 // See perfloss/ops/relu_mask.py for the contract; the reference there is the specification.
 #include "lean_common.h"
 
@@ -102,35 +104,17 @@ void relu_mask_impl(const at::Tensor& x, const at::Tensor& y, const at::Tensor& 
         uint8_t bits = 0;
         if (e0 + 8 <= n_keep) {
           const scalar_t* p = src + e0;
-          for (int j = 0; j < 8; ++j) bits |= static_cast<uint8_t>(static_cast<opmath_t>(p[j]) > opmath_t(0)) << j;
+          for (int j = 0; j < 8; ++j) bits |= static_cast<uint8_t>(relu_mask_bit<opmath_t>(p[j])) << j;
         } else {
           for (int64_t e = e0; e < n_keep; ++e)
-            bits |= static_cast<uint8_t>(static_cast<opmath_t>(src[e]) > opmath_t(0)) << (e - e0);
+            bits |= static_cast<uint8_t>(relu_mask_bit<opmath_t>(src[e])) << (e - e0);
         }
         m[byte] = bits;
       }
-      // 2) the activation: a branch-free loop the compiler vectorises (NaN propagates as in torch.relu)
-      if (plain) {
-        for (int64_t e = e_begin; e < e_end; ++e) {
-          const scalar_t v = src[e];
-          dst[e] = static_cast<opmath_t>(v) <= opmath_t(0) ? scalar_t(0) : v;
-        }
-      } else {
-        for (int64_t e = e_begin; e < e_end; ++e) {
-          const opmath_t fv = static_cast<opmath_t>(src[e]);
-          dst[e] = static_cast<scalar_t>(fv > opmath_t(0) ? fv : fv * slope);
-        }
-      }
+      // 2) the activation: a branch-free loop the compiler unswitches on `plain` and vectorises
+      for (int64_t e = e_begin; e < e_end; ++e) dst[e] = relu_activation<opmath_t>(src[e], slope, plain);
     });
   });
-}
-
-int64_t kept_elements(const at::Tensor& x, int64_t keep, const char* name) {
-  const int64_t n = x.numel();
-  const int64_t batch = x.dim() > 0 ? x.size(0) : 1;
-  TORCH_CHECK(keep >= 0 && keep <= batch, name, ": keep out of range");
-  const int64_t per_sample = batch > 0 ? n / batch : 0;
-  return keep * per_sample;
 }
 
 std::tuple<at::Tensor, at::Tensor> relu_mask_cpu(const at::Tensor& x_in, double negative_slope, int64_t keep) {
@@ -156,7 +140,8 @@ at::Tensor relu_mask_inplace_cpu(at::Tensor& x, double negative_slope, int64_t k
 }
 
 // 256 x 8 select masks: lane j of row `byte` is all ones when bit j of `byte` is set. Selecting with a
-// bitwise AND keeps the backward exact (grad, or +0) and lets the compiler vectorise the 8 lanes.
+// bitwise AND gives relu_grad's values (grad, or +0 / the slope product) and lets the compiler
+// vectorise the 8 lanes of every dtype; relu_grad itself does the tail byte (and the CUDA kernel).
 template <typename U>
 struct SelectLut {
   U m[256][8];
@@ -180,7 +165,7 @@ void relu_mask_backward_impl(const scalar_t* g, const uint8_t* m, scalar_t* o, i
 #ifdef PERFLOSS_X86_SIMD
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (use_avx2() && fb0 < fb1) {
-        relu_mask_backward_f32_avx2(reinterpret_cast<const float*>(g), m, reinterpret_cast<float*>(o), fb0, fb1, static_cast<float>(slope), plain);
+        relu_mask_backward_f32_avx2(g, m, o, fb0, fb1, slope, plain);
         fb0 = fb1;
       }
     }
@@ -194,20 +179,14 @@ void relu_mask_backward_impl(const scalar_t* g, const uint8_t* m, scalar_t* o, i
       } else {
         U su[8];
         scalar_t sv[8];
-        for (int j = 0; j < 8; ++j)
-          sv[j] = static_cast<scalar_t>(static_cast<opmath_t>(g[byte * 8 + j]) * slope);
+        for (int j = 0; j < 8; ++j) sv[j] = relu_grad(false, g[byte * 8 + j], slope, false);
         std::memcpy(su, sv, sizeof(su));
         for (int j = 0; j < 8; ++j) ou[j] = (gu[j] & sel[j]) | (su[j] & static_cast<U>(~sel[j]));
       }
       std::memcpy(o + byte * 8, ou, sizeof(ou));
     }
-    for (int64_t byte = std::max(b0, full); byte < b1; ++byte) {  // the tail byte
-      const uint8_t bits = m[byte];
-      for (int64_t e = byte * 8; e < n; ++e) {
-        const bool on = (bits >> (e - byte * 8)) & 1u;
-        o[e] = on ? g[e] : (plain ? scalar_t(0) : static_cast<scalar_t>(static_cast<opmath_t>(g[e]) * slope));
-      }
-    }
+    for (int64_t e = std::max(b0, full) * 8; e < std::min(b1 * 8, n); ++e)  // the tail byte
+      o[e] = relu_grad(mask_bit_at(m, e), g[e], slope, plain);
   });
 }
 
@@ -220,27 +199,12 @@ at::Tensor relu_mask_backward_cpu(const at::Tensor& grad_in, const at::Tensor& m
   TORCH_CHECK(m_t.numel() == packed_bytes(n, 1), "relu_mask_backward: mask has ", m_t.numel(),
               " bytes, expected ", packed_bytes(n, 1));
   at::Tensor out = at::empty_like(grad);
-  const uint8_t* m = m_t.const_data_ptr<uint8_t>();
-  switch (grad.scalar_type()) {
-    case at::kFloat:
-      relu_mask_backward_impl<float, uint32_t>(grad.const_data_ptr<float>(), m, out.mutable_data_ptr<float>(), n,
-                                               negative_slope);
-      break;
-    case at::kDouble:
-      relu_mask_backward_impl<double, uint64_t>(grad.const_data_ptr<double>(), m, out.mutable_data_ptr<double>(), n,
-                                                negative_slope);
-      break;
-    case at::kBFloat16:
-      relu_mask_backward_impl<at::BFloat16, uint16_t>(grad.const_data_ptr<at::BFloat16>(), m,
-                                                      out.mutable_data_ptr<at::BFloat16>(), n, negative_slope);
-      break;
-    case at::kHalf:
-      relu_mask_backward_impl<at::Half, uint16_t>(grad.const_data_ptr<at::Half>(), m, out.mutable_data_ptr<at::Half>(),
-                                                  n, negative_slope);
-      break;
-    default:
-      TORCH_CHECK(false, "relu_mask_backward: unsupported dtype ", grad.scalar_type());
-  }
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "relu_mask_backward_cpu", [&] {
+    using lane_t = std::conditional_t<sizeof(scalar_t) == 2, uint16_t,
+                                      std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>>;
+    relu_mask_backward_impl<scalar_t, lane_t>(grad.const_data_ptr<scalar_t>(), m_t.const_data_ptr<uint8_t>(),
+                                              out.mutable_data_ptr<scalar_t>(), n, negative_slope);
+  });
   return out;
 }
 

@@ -2,8 +2,10 @@
 // the gradient 2 (D + D^T) F / (C H W) with D = G - T, G = F F^T / (C H W).
 //
 // Pass 1 is the split-K Gram of loss_common.h; pass 2 re-reads F once in k-chunks and writes
-// grad^T = P S (S = 2 (D + D^T) / (C H W), symmetric) chunk by chunk, in the features' layout.
+// grad^T = P S (S = 2 (D + D^T) / (C H W), symmetric) chunk by chunk, in the features' layout. The
+// per-entry math of D and S is loss_math.h's, which the CUDA epilogue (csrc/cuda/style_loss.cu) runs too.
 #include "loss_common.h"
+#include "loss_math.h"
 
 namespace perfloss {
 namespace {
@@ -52,7 +54,7 @@ void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t 
     double v = 0.0;
     for (int64_t i = 0; i < C; ++i)
       for (int64_t j = 0; j < C; ++j) {
-        const acc_t d = G[i * Cp + j] * sc - tp[b * tb + i * ti + j * tj];
+        const acc_t d = loss_math::style_difference(G[i * Cp + j], sc, tp[b * tb + i * ti + j * tj]);
         v += static_cast<double>(d) * static_cast<double>(d);
         G[i * Cp + j] = d;  // G becomes D in place
       }
@@ -60,7 +62,7 @@ void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t 
     if (!compute_grad) continue;
     for (int64_t i = 0; i < C; ++i)
       for (int64_t j = i; j < C; ++j) {
-        const acc_t s = (G[i * Cp + j] + G[j * Cp + i]) * gsc;
+        const acc_t s = loss_math::style_grad_factor(G[i * Cp + j], G[j * Cp + i], gsc);
         G[i * Cp + j] = s;
         G[j * Cp + i] = s;
       }
@@ -99,9 +101,7 @@ std::tuple<at::Tensor, at::Tensor> style_loss_cpu(const at::Tensor& features, co
                                                   bool compute_grad) {
   loss::check_features(features, "features");
   const int64_t B = features.size(0), C = features.size(1), N = features.size(2) * features.size(3);
-  TORCH_CHECK(target_gram.dim() == 3 && target_gram.size(1) == C && target_gram.size(2) == C &&
-                  (target_gram.size(0) == B || target_gram.size(0) == 1),
-              "target_gram must be (", B, " or 1, ", C, ", ", C, "), got ", target_gram.sizes());
+  loss::check_target_gram(target_gram, features);
   const bool cl = work_channels_last(features);
   const at::Tensor x = features.contiguous(memory_format_of(cl));
   const at::ScalarType vt = acc_type(features.scalar_type());

@@ -67,6 +67,12 @@ def layout(x, kind):
     raise ValueError(kind)
 
 
+def subnormal_step(dtype):
+    """The spacing of dtype's subnormals: gradient entries of large feature maps (2 / (C H W) times a
+    difference) fall below fp16's normal range, where any implementation rounds them to a multiple of it."""
+    return torch.finfo(dtype).tiny * torch.finfo(dtype).eps
+
+
 TOL = {torch.float32: (2e-5, 1e-5), torch.float16: (2e-3, 4e-3), torch.bfloat16: (1e-2, 2e-2), torch.float64: (1e-10, 1e-10)}
 
 

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from op_helpers import (GPU_RTOL, TOL, assert_close, assert_layout_like, case_id, cases, check_running, gpu_cases,
-                        layout, opcheck, rand, ref_distance, ref_value_grad)
+                        layout, opcheck, rand, ref_distance, ref_value_grad, subnormal_step)
 from perfloss.ops import library
 from perfloss.ops.feature_distance import feature_distance, feature_distance_op, feature_distance_values
 
 KINDS = ("mse", "l1", "cosine", "lpips")
+GPU_IMPLS = ("triton", "cpp")  # on CUDA tensors: the Triton kernel and the C++ CUDA kernel
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -115,23 +116,78 @@ def test_cpp_kernel_checks_its_arguments():
         torch.ops.perfloss.feature_distance(x, x, "l3", None, False)
 
 
-@gpu_cases
-def test_gpu(shape, dtype, lay):
+@pytest.mark.cuda
+def test_gpu_default_is_triton():
     assert library.backend_info()["feature_distance"]["cuda"] == "triton"
+
+
+@pytest.mark.parametrize("gpu_impl", GPU_IMPLS)
+@gpu_cases
+def test_gpu(gpu_impl, shape, dtype, lay):
     x = layout(rand(shape, dtype).cuda(), lay)
     y = layout(rand(shape, dtype, seed=1).cuda(), lay)
-    for kind in KINDS:
-        v, g = feature_distance_values(x, y, kind, None, compute_grad=True)
-        v_ref, g_ref = ref_value_grad(ref_distance, x.cpu(), y.cpu(), kind)
-        assert_close(v.cpu(), v_ref, 1e-3)
-        assert_close(g.cpu(), g_ref, GPU_RTOL[dtype])
+    w = torch.rand(shape[1], generator=torch.Generator().manual_seed(3))
+    with library.use(gpu_impl):
+        assert library.backend_info()["feature_distance"]["cuda"] == gpu_impl
+        for kind in KINDS:
+            weight = w.cuda() if kind == "lpips" else None
+            v, g = feature_distance_values(x, y, kind, weight, compute_grad=True)
+            v_ref, g_ref = ref_value_grad(ref_distance, x.cpu(), y.cpu(), kind, None if weight is None else w)
+            assert_close(v.cpu(), v_ref, 1e-3)
+            assert_layout_like(g, x)
+            assert_close(g.cpu(), g_ref, GPU_RTOL[dtype], atol=subnormal_step(dtype))
+            v2, empty = feature_distance_values(x, y, kind, weight, compute_grad=False)
+            assert empty.numel() == 0
+            assert_close(v2.cpu(), v_ref, 1e-3)
 
 
 @pytest.mark.cuda
-def test_gpu_large_offsets():
+@pytest.mark.parametrize("lay", ("contiguous", "channels_last"))
+@pytest.mark.parametrize("channels", (5, 48))  # channels_last: a thread per pixel / a warp per pixel
+def test_gpu_cpp_float64_and_reproducible(lay, channels):
+    """The C++ CUDA kernel in float64 against float64 autograd, and bit-identical when run again (its
+    per-sample sums take no atomics)."""
+    x = layout(rand((3, channels, 9, 11), torch.float64).cuda(), lay)
+    y = layout(rand((3, channels, 9, 11), torch.float64, seed=1).cuda(), lay)
+    w = torch.rand(channels, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with library.use("cpp"):
+        for kind in KINDS:
+            weight = w.cuda() if kind == "lpips" else None
+            v, g = feature_distance_values(x, y, kind, weight, compute_grad=True)
+            v_ref, g_ref = ref_value_grad(ref_distance, x.cpu(), y.cpu(), kind, None if weight is None else w)
+            assert v.dtype == torch.float64 and g.dtype == torch.float64
+            assert_close(v.cpu(), v_ref, TOL[torch.float64][0])
+            assert_close(g.cpu(), g_ref, TOL[torch.float64][1])
+            x32, y32 = x.float(), y.float()
+            first = feature_distance_values(x32, y32, kind, None if weight is None else weight.float(), True)
+            again = feature_distance_values(x32, y32, kind, None if weight is None else weight.float(), True)
+            assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+
+
+@pytest.mark.cuda
+def test_gpu_cpp_kernel_checks_its_arguments():
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    op = torch.ops.perfloss.feature_distance
+    with library.use("cpp"):
+        with pytest.raises(RuntimeError, match="kind must be one of"):
+            op(x, x, "l3", None, False)
+        with pytest.raises(RuntimeError, match="f0 and f1 must be on the same device"):
+            op(x, x.cpu(), "mse", None, False)
+        with pytest.raises(RuntimeError, match="weight must be on f0's device"):
+            op(x, x, "lpips", torch.ones(3), False)
+        with pytest.raises(RuntimeError, match="f0 and f1 must have the same dtype"):
+            op(x, x.double(), "mse", None, False)
+        with pytest.raises(RuntimeError, match="f0 must be floating point"):
+            op(x.int(), x.int(), "mse", None, False)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("gpu_impl", GPU_IMPLS)
+def test_gpu_large_offsets(gpu_impl):
     """More than 2^31 elements in one tensor: the 64-bit offsets (needs ~20 GB of GPU memory)."""
     x = torch.ones((1, 2, 2**15, 2**15 + 8), dtype=torch.float16, device="cuda")
-    x[..., -1, -1] = 3.0
-    v, g = feature_distance_values(x, torch.ones_like(x), "mse", None, compute_grad=True)
-    assert v.item() == pytest.approx(4.0 / x.numel(), rel=1e-3)
+    x[..., -1, -1] = 1000.0  # its gradient 2 * 999 / numel is an fp16 subnormal; a difference of 2 would round to 0
+    with library.use(gpu_impl):
+        v, g = feature_distance_values(x, torch.ones_like(x), "mse", None, compute_grad=True)
+    assert v.item() == pytest.approx(999.0**2 / x.numel(), rel=1e-3)
     assert g[0, 1, -1, -1].item() > 0 and g[0, 0, 0, 0].item() == 0

@@ -7,6 +7,8 @@ from op_helpers import (GPU_RTOL, TOL, assert_close, case_id, cases, check_runni
 from perfloss.ops import library
 from perfloss.ops.gram import gram, gram_op
 
+GPU_IMPLS = ("triton", "cpp")  # on CUDA tensors: the Triton kernel and the C++ CUDA kernel (cuBLAS + epilogue)
+
 
 @pytest.mark.parametrize("case", cases(), ids=case_id)
 def test_gram(impl, case):
@@ -51,9 +53,38 @@ def test_cpp_kernel_checks_its_arguments():
         torch.ops.perfloss.gram(torch.randn(3, 4, 5), True)
 
 
-@gpu_cases
-def test_gpu(shape, dtype, lay):
+@pytest.mark.cuda
+def test_gpu_default_is_triton():
     assert library.backend_info()["gram"]["cuda"] == "triton"
+
+
+@pytest.mark.parametrize("gpu_impl", GPU_IMPLS)
+@gpu_cases
+def test_gpu(gpu_impl, shape, dtype, lay):
     torch.backends.cuda.matmul.allow_tf32 = False
     x = layout(rand(shape, dtype).cuda(), lay)
-    assert_close(gram(x).cpu(), ref_gram(x.cpu()), GPU_RTOL[dtype])
+    with library.use(gpu_impl):
+        assert library.backend_info()["gram"]["cuda"] == gpu_impl
+        for normalize in (True, False):
+            g = gram_op(x, normalize)
+            assert g.shape == (shape[0], shape[1], shape[1]) and g.dtype == dtype and g.is_contiguous()
+            assert_close(g.cpu(), ref_gram(x.cpu(), normalize), GPU_RTOL[dtype])
+            assert torch.equal(g, g.transpose(1, 2))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("lay", ("contiguous", "channels_last"))
+def test_gpu_cpp_float64_and_backward(lay):
+    x = layout(rand((3, 40, 7, 9), torch.float64).cuda(), lay)
+    with library.use("cpp"):
+        assert_close(gram(x).cpu(), ref_gram(x.cpu()), TOL[torch.float64][0])
+        assert torch.autograd.gradcheck(gram, (x[:1, :4, :3, :3].detach().requires_grad_(True),), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.cuda
+def test_gpu_cpp_kernel_checks_its_arguments():
+    with library.use("cpp"):
+        with pytest.raises(RuntimeError, match="4-D"):
+            torch.ops.perfloss.gram(torch.randn(3, 4, 5, device="cuda"), True)
+        with pytest.raises(RuntimeError, match="floating point"):
+            torch.ops.perfloss.gram(torch.ones(2, 3, 4, 5, dtype=torch.int32, device="cuda"), True)

@@ -1,5 +1,7 @@
 """perfloss::maxpool_codes and maxpool_unroute in every implementation, against eager max_pool2d and its
 autograd (ties and NaN included)."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,7 @@ import torch.nn.functional as F
 from op_helpers import check_running, same_bits
 from perfloss.kernels.common import code_bits
 from perfloss.ops import library
-from perfloss.ops.maxpool_codes import maxpool_codes, maxpool_unroute
+from perfloss.ops.maxpool_codes import maxpool_codes, maxpool_codes_reference, maxpool_unroute
 
 
 @pytest.mark.parametrize("cfg", [
@@ -94,3 +96,87 @@ def test_opcheck(impl):
 def test_bad_inputs():
     with pytest.raises(ValueError, match="more than 8 bits"):
         maxpool_codes(torch.randn(1, 1, 20, 20), 17)
+
+
+CUDA_CONFIGS = [  # (kernel, stride, padding, dilation, ceil_mode, hw): every code width, padding, dilation
+    ((2, 2), (2, 2), (0, 0), (1, 1), False, (64, 62)),
+    ((2, 2), (2, 2), (0, 0), (1, 1), True, (33, 31)),
+    ((3, 3), (2, 2), (0, 0), (1, 1), True, (27, 30)),
+    ((3, 3), (2, 2), (1, 1), (1, 1), False, (32, 29)),
+    ((2, 3), (1, 2), (1, 1), (2, 1), True, (17, 20)),
+    ((5, 5), (3, 3), (2, 2), (1, 1), True, (24, 23)),
+]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cfg", CUDA_CONFIGS)
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cuda_cpp_matches_reference(cfg, channels_last, dtype):
+    """The CUDA C++ kernels against plain PyTorch on CPU: values and layout as max_pool2d, codes as the
+    reference packs them (ties, NaN, -inf included), the un-routing as max_pool2d's autograd."""
+    kernel, stride, padding, dilation, ceil_mode, hw = cfg
+    b, c = 3, 24
+    x = torch.randint(-3, 3, (b, c, *hw)).to(dtype)  # many ties
+    x.view(-1)[3::29] = float("nan")
+    x.view(-1)[5::31] = float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    args = (list(kernel), list(stride), list(padding), list(dilation), ceil_mode)
+    with library.use("cpp"):
+        assert library.backend_info()["maxpool_codes"]["cuda"] == "cpp"
+        for keep in (0, 1, b):
+            y, codes = maxpool_codes(x.cuda(), *args, keep=keep)
+            y_ref, codes_ref = maxpool_codes_reference(x, *args, keep)
+            assert y.stride() == y_ref.stride()
+            y = y.cpu()
+            assert torch.equal(y.isnan(), y_ref.isnan()) and torch.equal(y.nan_to_num(), y_ref.nan_to_num())
+            assert torch.equal(codes.cpu(), codes_ref)
+        xf = x.double().nan_to_num(0.5, 2.0, -2.0).requires_grad_()  # autograd's routing of NaN differs by design
+        out = F.max_pool2d(xf, *args)
+        _, codes = maxpool_codes(xf.detach().to(dtype).cuda(), *args)
+        g = torch.randn(out.shape, dtype=torch.float64).to(dtype)
+        g_strided = g.cuda().transpose(2, 3).contiguous().transpose(2, 3)  # any grad layout is read as it is
+        (expected,) = torch.autograd.grad(out, xf, g.double())
+        got = maxpool_unroute(g_strided, codes, hw, kernel, stride, padding, dilation)
+        assert got.is_contiguous() and got.dtype == dtype
+        # where overlapping windows add gradients, the sum is rounded once to dtype (float64 sums may
+        # differ in order); everywhere else the routed value is exact
+        tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+        torch.testing.assert_close(got.cpu().double(), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.cuda
+def test_cuda_cpp_bad_inputs():
+    x = torch.randn(2, 3, 8, 8, device="cuda")
+    with library.use("cpp"):
+        y, codes = maxpool_codes(x, 2, 2)
+        with pytest.raises(RuntimeError, match="codes is on cpu but grad is on cuda"):
+            torch.ops.perfloss.maxpool_unroute(y, codes.cpu(), [8, 8], [2, 2], [2, 2], [0, 0], [1, 1])
+        with pytest.raises(RuntimeError, match="codes has 23 bytes, expected 24"):
+            torch.ops.perfloss.maxpool_unroute(y, codes[:-1], [8, 8], [2, 2], [2, 2], [0, 0], [1, 1])
+        with pytest.raises(RuntimeError, match="stride and dilation must be positive"):
+            torch.ops.perfloss.maxpool_codes(x, [2, 2], [0, 2], [0, 0], [1, 1], False, 2)
+        with pytest.raises(RuntimeError, match="more than 256 positions"):
+            torch.ops.perfloss.maxpool_codes(x, [17, 17], [1, 1], [0, 0], [1, 1], False, 2)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PERFLOSS_TEST_LARGE") != "1", reason="set PERFLOSS_TEST_LARGE=1 (needs ~10 GB)")
+def test_cuda_cpp_past_2_31_elements():
+    """More than 2**31 input elements (bf16), 3x3 / stride 2 windows: the last planes' values, codes and
+    un-routed gradient (past index 2**31 of the input) against plain PyTorch on those planes."""
+    x = torch.randn(1, 2049, 1024, 1024, dtype=torch.bfloat16, device="cuda")  # 2**31 + 2**20 elements
+    with library.use("cpp"):
+        y, codes = maxpool_codes(x, 3, 2, 1)
+        g = torch.randn(y.shape, dtype=torch.bfloat16, device="cuda")
+        gi = maxpool_unroute(g, codes, (1024, 1024), 3, 2, 1)
+    tail = x[:, -2:].cpu()  # input elements from 2**31 - 2**20 on
+    y_ref, codes_ref = maxpool_codes_reference(tail, [3, 3], [2, 2], [1, 1], [1, 1], False, 1)
+    assert torch.equal(y[:, -2:].cpu(), y_ref)
+    per_plane = y[0, 0].numel() // 2  # codes bytes per plane (4 bits per code)
+    assert torch.equal(codes[-2 * per_plane:].cpu(), codes_ref)
+    xf = tail.double().requires_grad_()
+    (expected,) = torch.autograd.grad(F.max_pool2d(xf, 3, 2, 1), xf, g[:, -2:].cpu().double())
+    torch.testing.assert_close(gi[:, -2:].cpu().double(), expected, rtol=8e-3, atol=8e-3)

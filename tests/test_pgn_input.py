@@ -86,3 +86,39 @@ def test_bad_inputs():
         pgn_input(y_hat, y, torch.ones(3), shift)
     with pytest.raises(ValueError, match="out_dtype must be one of"):
         pgn_input(y_hat, y, scale, shift, torch.int32)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("implementation", ["triton", "cpp"])
+@pytest.mark.parametrize("in_dtype, out_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                                 (torch.float16, torch.float16), (torch.bfloat16, torch.float32),
+                                                 (torch.float64, torch.float64)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gpu(implementation, in_dtype, out_dtype, channels_last):
+    """On CUDA tensors (scale and shift left on the CPU, as callers may): the float64 formula, and the
+    reference's dtype and strides."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y_hat = torch.rand(3, 3, 37, 41, dtype=in_dtype).contiguous(memory_format=fmt)
+    y = torch.rand(3, 3, 37, 41, dtype=in_dtype).contiguous(memory_format=fmt)
+    scale, shift = torch.rand(6) + 0.5, torch.randn(6)
+    with library.use(implementation):
+        assert library.backend_info()["pgn_input"]["cuda"] == implementation
+        x = pgn_input(y_hat.cuda(), y.cuda(), scale, shift, out_dtype)
+    expected = pgn_input_reference(y_hat, y, scale, shift, out_dtype)
+    assert x.is_cuda and x.dtype == out_dtype and x.stride() == expected.stride()
+    tol = {torch.bfloat16: 1e-2, torch.float16: 2e-3}.get(out_dtype, 1e-6)
+    torch.testing.assert_close(x.cpu().double(), pgn_input_float64(y_hat.float(), y.float(), scale, shift), rtol=tol,
+                               atol=tol)
+
+
+@pytest.mark.cuda
+def test_gpu_cpp_kernel_checks_its_arguments():
+    y_hat, scale, shift = torch.rand(1, 3, 4, 5, device="cuda"), torch.ones(6), torch.zeros(6)
+    op = torch.ops.perfloss.pgn_input
+    with library.use("cpp"):
+        with pytest.raises(RuntimeError, match="y_hat and y must be on one CUDA device"):
+            op(y_hat, y_hat.cpu(), scale, shift, torch.float32)
+        with pytest.raises(RuntimeError, match=r"scale and shift must have shape \(6,\)"):
+            op(y_hat, y_hat, torch.ones(3), shift, torch.float32)
+        with pytest.raises(RuntimeError, match="out_dtype must be float32, float64, float16 or bfloat16"):
+            op(y_hat, y_hat, scale, shift, torch.int32)

@@ -109,3 +109,41 @@ def test_bad_inputs():
         pgn_output(torch.randn(1, 3, 4, 4), torch.rand(1, 3, 4, 4), torch.zeros(4), 1.0, 1.0)
     with pytest.raises(TypeError, match="must be floating point"):
         pgn_output(torch.randn(1, 3, 4, 4), torch.zeros(1, 3, 4, 4, dtype=torch.int64), torch.zeros(3), 1.0, 1.0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("implementation", ["triton", "cpp"])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("out_dtype, y_hat_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                                    (torch.float16, torch.float16), (torch.float32, torch.float64)])
+def test_gpu(implementation, layout, out_dtype, y_hat_dtype):
+    """On CUDA tensors (offset left on the CPU, as callers may): the float64 formula, and the
+    reference's dtype and strides."""
+    lo, hi, s = -1.0, 1.0, 0.025
+    shape = (3, 3, 37, 41)
+    out, y_hat = inputs(shape, layout, out_dtype, y_hat_dtype)
+    offset, gain = sigmoid_output_args(lo, hi)
+    coef = 2.0 / (3 * 37 * 41 * s)
+    with library.use(implementation):
+        assert library.backend_info()["pgn_output"]["cuda"] == implementation
+        p, g = pgn_output(out.cuda(), y_hat.cuda(), offset, gain, coef)
+    expected = pgn_output_reference(out, y_hat, offset, gain, coef)
+    p_ref, g_ref = sigmoid_output_float64(out.float(), y_hat.float(), lo, hi, s)
+    tol = 1e-3 if y_hat_dtype == torch.float16 else 1e-6
+    for got, want in zip((p, g), expected):
+        assert got.is_cuda and got.dtype == y_hat_dtype and got.stride() == want.stride()
+    torch.testing.assert_close(p.cpu().double(), p_ref, rtol=tol, atol=tol)
+    torch.testing.assert_close(g.cpu().double(), g_ref, rtol=10 * tol, atol=tol * g_ref.abs().max().item())
+
+
+@pytest.mark.cuda
+def test_gpu_cpp_kernel_checks_its_arguments():
+    out = torch.randn(1, 3, 4, 4, device="cuda")
+    op = torch.ops.perfloss.pgn_output
+    with library.use("cpp"):
+        with pytest.raises(RuntimeError, match="out and y_hat must be on one CUDA device"):
+            op(out, out.cpu(), torch.zeros(3), 1.0, 1.0)
+        with pytest.raises(RuntimeError, match=r"offset must have shape \(3,\)"):
+            op(out, out, torch.zeros(4), 1.0, 1.0)
+        with pytest.raises(RuntimeError, match="y_hat must be float32, float64, float16 or bfloat16"):
+            op(out, out.int(), torch.zeros(3), 1.0, 1.0)

@@ -1,12 +1,15 @@
 """perfloss::relu_mask, relu_mask_ and relu_mask_backward in every implementation, against eager
 torch.relu / leaky_relu and their autograd (bit for bit)."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from op_helpers import check_running, same_bits, with_specials
 from perfloss.ops import library
-from perfloss.ops.relu_mask import relu_mask, relu_mask_, relu_mask_backward
+from perfloss.ops.relu_mask import (relu_mask, relu_mask_, relu_mask_backward, relu_mask_backward_reference,
+                                    relu_mask_reference)
 
 SHAPES = [(1, 1, 1, 1), (2, 3, 5, 7), (3, 5, 4, 9)]
 
@@ -110,3 +113,74 @@ def test_bad_inputs():
         relu_mask_(x[..., ::2], 0.0, 1)
     with pytest.raises(ValueError, match="mask must be uint8"):
         relu_mask_backward(x, torch.zeros(3, dtype=torch.uint8))
+
+
+def _same_values(a, b):
+    """Equal values (as the CPU tests compare: -0 == +0) and NaN at the same places, whatever its
+    payload (a GPU's arithmetic makes its own NaN)."""
+    nan = b.isnan()
+    return torch.equal(a.isnan(), nan) and torch.equal(a.masked_fill(nan, 0), b.masked_fill(nan, 0))
+
+
+def _cuda_input(shape, dtype, channels_last, seed=0):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return with_specials(x).cuda()
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape", [(3, 5, 33, 37), (16, 64, 64, 64)])  # ragged tails; more warps than the grid
+@pytest.mark.parametrize("slope", [0.0, 0.2])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_cuda_cpp_matches_reference(shape, slope, channels_last, dtype):
+    """The CUDA C++ kernels against the plain-PyTorch reference computed on CPU: activation, mask bits
+    (every keep: tail bytes) and backward exactly, in place too."""
+    x = _cuda_input(shape, dtype, channels_last)
+    g = _cuda_input(shape, dtype, channels_last, seed=1)
+    with library.use("cpp"):
+        assert library.backend_info()["relu_mask"]["cuda"] == "cpp"
+        for keep in (0, 1, shape[0]):
+            y, m = relu_mask(x, slope, keep)
+            y_ref, m_ref = relu_mask_reference(x.cpu(), slope, keep)
+            assert y.is_cuda and y.stride() == y_ref.stride()
+            assert _same_values(y.cpu(), y_ref)
+            assert torch.equal(m.cpu(), m_ref)
+            xi = x.clone()
+            assert torch.equal(relu_mask_(xi, slope, keep), m) and _same_values(xi, y)
+        got = relu_mask_backward(g, m, slope)
+        expected = relu_mask_backward_reference(g.cpu(), m.cpu(), slope)
+        assert got.stride() == expected.stride()
+        assert _same_values(got.cpu(), expected)
+
+
+@pytest.mark.cuda
+def test_cuda_cpp_bad_inputs():
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    with library.use("cpp"):
+        _, m = relu_mask(x)
+        with pytest.raises(RuntimeError, match="mask is on cpu but grad is on cuda"):
+            torch.ops.perfloss.relu_mask_backward(x, m.cpu(), 0.0)
+        with pytest.raises(RuntimeError, match="mask has 14 bytes, expected 15"):
+            torch.ops.perfloss.relu_mask_backward(x, m[:-1], 0.0)
+        with pytest.raises(RuntimeError, match="keep must be in"):
+            torch.ops.perfloss.relu_mask(x, 0.0, 3)
+        with pytest.raises(RuntimeError, match="x must be float32, float64, float16 or bfloat16"):
+            torch.ops.perfloss.relu_mask(x.to(torch.int32), 0.0, 1)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("PERFLOSS_TEST_LARGE") != "1", reason="set PERFLOSS_TEST_LARGE=1 (needs ~13 GB)")
+def test_cuda_cpp_past_2_31_elements():
+    """More than 2**31 elements (bf16): the elements and mask bits around index 2**31 against plain PyTorch."""
+    x = torch.randn(2**31 + 4099, dtype=torch.bfloat16, device="cuda").view(1, 1, 1, -1)
+    around = slice(2**31 - 4096, 2**31 + 4099)
+    with library.use("cpp"):
+        y, m = relu_mask(x, 0.2)
+        gi = relu_mask_backward(x, m, 0.2)
+    xs = x.view(-1)[around].cpu()
+    assert _same_values(y.view(-1)[around].cpu(), F.leaky_relu(xs, 0.2))
+    assert torch.equal(_unpack_bits(m[(2**31 - 4096) // 8:].cpu(), 8195), xs > 0)
+    assert _same_values(gi.view(-1)[around].cpu(), torch.where(xs > 0, xs, xs * 0.2))

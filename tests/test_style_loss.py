@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from op_helpers import (GPU_RTOL, TOL, assert_close, assert_layout_like, case_id, cases, check_running, gpu_cases,
-                        layout, opcheck, rand, ref_gram, ref_style, ref_value_grad)
+                        layout, opcheck, rand, ref_gram, ref_style, ref_value_grad, subnormal_step)
 from perfloss.ops import library
 from perfloss.ops.style_loss import style_loss, style_loss_op, style_loss_values
+
+GPU_IMPLS = ("triton", "cpp")  # on CUDA tensors: the Triton kernels and the C++ CUDA kernel (cuBLAS + epilogue)
 
 
 @pytest.mark.parametrize("case", cases(), ids=case_id)
@@ -73,13 +75,51 @@ def test_cpp_kernel_checks_its_arguments():
         torch.ops.perfloss.style_loss(torch.randn(2, 3, 4, 5), torch.randn(2, 4, 4), False)
 
 
-@gpu_cases
-def test_gpu(shape, dtype, lay):
+@pytest.mark.cuda
+def test_gpu_default_is_triton():
     assert library.backend_info()["style_loss"]["cuda"] == "triton"
+
+
+@pytest.mark.parametrize("gpu_impl", GPU_IMPLS)
+@gpu_cases
+def test_gpu(gpu_impl, shape, dtype, lay):
     torch.backends.cuda.matmul.allow_tf32 = False
     x = layout(rand(shape, dtype).cuda(), lay)
-    target = ref_gram(rand(shape, dtype, seed=1)).float()
-    v, g = style_loss_values(x, target.cuda(), compute_grad=True)
-    v_ref, g_ref = ref_value_grad(ref_style, x.cpu(), target)
-    assert_close(v.cpu(), v_ref, 1e-3)
-    assert_close(g.cpu(), g_ref, GPU_RTOL[dtype])
+    with library.use(gpu_impl):
+        assert library.backend_info()["style_loss"]["cuda"] == gpu_impl
+        for target in (ref_gram(rand(shape, dtype, seed=1)).float(), ref_gram(rand(shape, dtype, seed=2))[:1].float()):
+            v, g = style_loss_values(x, target.cuda(), compute_grad=True)
+            v_ref, g_ref = ref_value_grad(ref_style, x.cpu(), target.expand(shape[0], -1, -1))
+            assert_close(v.cpu(), v_ref, 1e-3)
+            assert_layout_like(g, x)
+            assert_close(g.cpu(), g_ref, GPU_RTOL[dtype], atol=subnormal_step(dtype))
+            v2, empty = style_loss_values(x, target.cuda(), compute_grad=False)
+            assert empty.numel() == 0
+            assert_close(v2.cpu(), v_ref, 1e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("lay", ("contiguous", "channels_last"))
+def test_gpu_cpp_float64_and_reproducible(lay):
+    x = layout(rand((3, 40, 7, 9), torch.float64).cuda(), lay)
+    target = ref_gram(rand((1, 40, 7, 9), torch.float64, seed=2))
+    with library.use("cpp"):
+        v, g = style_loss_values(x, target.cuda(), compute_grad=True)
+        v_ref, g_ref = ref_value_grad(ref_style, x.cpu(), target.expand(3, -1, -1))
+        assert v.dtype == torch.float64 and g.dtype == torch.float64
+        assert_close(v.cpu(), v_ref, TOL[torch.float64][0])
+        assert_close(g.cpu(), g_ref, TOL[torch.float64][1])
+        again = style_loss_values(x, target.cuda(), compute_grad=True)
+        assert torch.equal(v, again[0]) and torch.equal(g, again[1])
+
+
+@pytest.mark.cuda
+def test_gpu_cpp_kernel_checks_its_arguments():
+    x = torch.randn(2, 3, 4, 5, device="cuda")
+    with library.use("cpp"):
+        with pytest.raises(RuntimeError, match="target_gram must be"):
+            torch.ops.perfloss.style_loss(x, torch.randn(2, 4, 4, device="cuda"), False)
+        with pytest.raises(RuntimeError, match="target_gram must be on the features' device"):
+            torch.ops.perfloss.style_loss(x, torch.randn(2, 3, 3), False)
+        with pytest.raises(RuntimeError, match="features must be floating point"):
+            torch.ops.perfloss.style_loss(x.int(), torch.randn(2, 3, 3, device="cuda"), False)

@@ -18,7 +18,9 @@ gradient is NaN or Inf exactly where the formula's is (for ``cosine`` / ``lpips`
 pixel's channels). No implementation turns them into finite numbers.
 
 Implementations: :func:`feature_distance_reference` (below), C++ ``csrc/feature_distance.cpp`` (CPU),
-Triton ``kernels/feature_distance.py`` (CUDA); see :mod:`perfloss.ops.library`.
+Triton ``kernels/feature_distance.py`` (CUDA, the default) and CUDA C++ ``csrc/cuda/feature_distance.cu``
+(CUDA, under ``library.use("cpp")``; the per-element math ``csrc/loss_math.h`` is the CPU kernel's); see
+:mod:`perfloss.ops.library`.
 """
 from typing import Optional, Tuple
 

@@ -7,7 +7,9 @@ NaN and Inf propagate as through eager's ``bmm``: a NaN in channel i makes row a
 sample's Gram NaN; an Inf gives Inf (or NaN where it meets a zero or an opposite sign).
 
 Implementations: :func:`gram_reference` (below), C++ ``csrc/gram.cpp`` (CPU), Triton
-``kernels/gram.py`` (CUDA); see :mod:`perfloss.ops.library`.
+``kernels/gram.py`` (CUDA, the default) and cuBLAS batched GEMM + CUDA C++ epilogue
+``csrc/cuda/gram.cu`` (CUDA, under ``library.use("cpp")``; TF32 as torch's matmuls); see
+:mod:`perfloss.ops.library`.
 """
 import torch
 

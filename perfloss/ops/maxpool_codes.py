@@ -12,8 +12,10 @@ NaN and Inf included.
 each output gradient back to its argmax, accumulating where windows overlap (3x3 stride 2):
 exactly max_pool2d's backward. ``grad_in`` is contiguous (NCHW).
 
-Implementations: the ``*_reference`` functions below, C++ ``csrc/maxpool_codes.cpp`` (CPU), Triton
-``kernels/maxpool_codes.py`` (CUDA); see :mod:`perfloss.ops.library`.
+Implementations: the ``*_reference`` functions below, C++ ``csrc/maxpool_codes.cpp`` (CPU), CUDA C++
+``csrc/cuda/maxpool_codes.cu`` and Triton ``kernels/maxpool_codes.py`` (CUDA; per-element math shared with the CPU
+kernel in ``csrc/lean_math.h``; the CUDA C++ un-routing gathers without atomics and, for 16-bit dtypes, adds
+overlapping windows' gradients in float32 and rounds once, as eager CUDA does); see :mod:`perfloss.ops.library`.
 """
 from typing import List, Tuple
 

@@ -8,8 +8,9 @@ concatenation and the channels_last layout change, fused.
 
 Elementwise: NaN and Inf pass through as in the formula.
 
-Implementations: :func:`pgn_input_reference` (below) and Triton ``kernels/pgn_input.py`` (CUDA);
-see :mod:`perfloss.ops.library`.
+Implementations: :func:`pgn_input_reference` (below), Triton ``kernels/pgn_input.py`` (CUDA, the
+default) and CUDA C++ ``csrc/cuda/pgn_input.cu`` (CUDA, under ``library.use("cpp")``); see
+:mod:`perfloss.ops.library`.
 """
 import torch
 

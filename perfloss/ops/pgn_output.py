@@ -13,8 +13,9 @@ no autograd formula (the PGN's training path uses the plain-PyTorch
 Elementwise: NaN in ``out`` or ``y_hat`` gives NaN in the entries computed from it, as the formula
 does; sigmoid maps +-Inf to 1 and 0.
 
-Implementations: :func:`pgn_output_reference` (below) and Triton ``kernels/pgn_output.py`` (CUDA);
-see :mod:`perfloss.ops.library`.
+Implementations: :func:`pgn_output_reference` (below), Triton ``kernels/pgn_output.py`` (CUDA, the
+default) and CUDA C++ ``csrc/cuda/pgn_output.cu`` (CUDA, under ``library.use("cpp")``); see
+:mod:`perfloss.ops.library`.
 """
 from typing import Tuple
 

@@ -13,15 +13,17 @@ the layout the mask was packed in (contiguous or channels_last); ``grad_in`` has
 Both match eager autograd exactly (ReLU backward passes where the output is > 0, LeakyReLU where
 the input is > 0: the same set for non-NaN inputs).
 
-NaN and Inf: ``y`` is exactly PyTorch's (NaN stays NaN, +-Inf map as ReLU / LeakyReLU map them). A NaN
+NaN and Inf: ``y`` is PyTorch's (NaN stays NaN, +-Inf map as ReLU / LeakyReLU map them); an input of -0
+gives +0 where ``torch.relu`` on CPU keeps -0 (equal values: no loss or gradient differs). A NaN
 input's mask bit is 0 (NaN > 0 is false), so the backward gives ``negative_slope * grad`` there,
 as LeakyReLU's eager backward does; eager ReLU's backward passes ``grad`` at a NaN input instead (its
 output, NaN, is not <= 0), while here it is 0: the loss value is NaN either way. A NaN or Inf in
 ``grad`` propagates where the bit is set (and, with a slope, elsewhere); with slope 0 the masked-out
 entries are exactly 0, as in eager.
 
-Implementations: the ``*_reference`` functions below, C++ ``csrc/relu_mask.cpp`` (CPU), Triton
-``kernels/relu_mask.py`` (CUDA); see :mod:`perfloss.ops.library`.
+Implementations: the ``*_reference`` functions below, C++ ``csrc/relu_mask.cpp`` (CPU), CUDA C++
+``csrc/cuda/relu_mask.cu`` and Triton ``kernels/relu_mask.py`` (CUDA; per-element math shared with the CPU
+kernel in ``csrc/lean_math.h``); see :mod:`perfloss.ops.library`.
 """
 from typing import Tuple
 

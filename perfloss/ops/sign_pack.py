@@ -12,8 +12,9 @@ NaN: a 2-bit code has no room for it, so a NaN in ``g`` packs as 0 (zero) where 
 stored gradient is 0 there. In ``sign_unpack``, NaN or Inf in ``grad_values`` or ``scale``
 propagate as eager's multiplication does (0 * Inf is NaN).
 
-Implementations: the ``*_reference`` functions below, C++ ``csrc/sign_pack.cpp`` (CPU), Triton
-``kernels/sign_pack.py`` (CUDA); see :mod:`perfloss.ops.library`.
+Implementations: the ``*_reference`` functions below, C++ ``csrc/sign_pack.cpp`` (CPU), CUDA C++
+``csrc/cuda/sign_pack.cu`` and Triton ``kernels/sign_pack.py`` (CUDA; per-element math shared with the CPU
+kernel in ``csrc/lean_math.h``); see :mod:`perfloss.ops.library`.
 """
 from typing import List
 

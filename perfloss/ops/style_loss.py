@@ -10,7 +10,9 @@ autograd: a NaN anywhere in a sample's features makes its value NaN, and the gra
 where the formula's is.
 
 Implementations: :func:`style_loss_reference` (below), C++ ``csrc/style_loss.cpp`` (CPU), Triton
-``kernels/style_loss.py`` (CUDA); see :mod:`perfloss.ops.library`.
+``kernels/style_loss.py`` (CUDA, the default) and two cuBLAS batched GEMMs around the CUDA C++ epilogue
+``csrc/cuda/style_loss.cu`` (CUDA, under ``library.use("cpp")``; the epilogue's math ``csrc/loss_math.h``
+is the CPU kernel's); see :mod:`perfloss.ops.library`.
 """
 from typing import Tuple
 

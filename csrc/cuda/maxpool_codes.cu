@@ -1,0 +1,94 @@
+// perfloss::maxpool_codes / maxpool_unroute, CUDA kernels. The window scan, the code packing and the
+// code -> input mapping are csrc/lean_math.h's, the same the CPU kernels run.
+#include "cuda/launch.cuh"
+#include "cuda/maxpool_codes.cuh"
+
+namespace perfloss {
+namespace lean {
+namespace {
+
+// One thread per code byte: its 8 / bits consecutive outputs (NCHW order), so no two threads write
+// one byte. Outputs past n_keep are pooled without a code.
+template <typename T, typename A>
+__global__ void maxpool_codes_kernel(const T* x, Dims4 xd, T* y, Dims4 yd, uint8_t* codes, int64_t n_keep,
+                                     int64_t bits, PoolGeometry g) {
+  const int64_t per = 8 / bits;
+  const int64_t n_out = yd.n * yd.c * yd.h * yd.w;
+  const int64_t groups = (n_out + per - 1) / per;
+  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < groups;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t e0 = q * per;
+    const int64_t e1 = e0 + per < n_out ? e0 + per : n_out;
+    unsigned packed = 0;
+    for (int64_t e = e0; e < e1; ++e) {
+      const int64_t ow = e % yd.w, oh = (e / yd.w) % yd.h, c = (e / (yd.w * yd.h)) % yd.c, b = e / (yd.w * yd.h * yd.c);
+      A best;
+      const unsigned code = pool_window(x + b * xd.s0 + c * xd.s1, xd.s2, xd.s3, xd.h, xd.w, g, oh, ow, best);
+      y[b * yd.s0 + c * yd.s1 + oh * yd.s2 + ow * yd.s3] = cast_to<T>(best);
+      if (e < n_keep) packed |= code << ((e - e0) * bits);
+    }
+    if (e0 < n_keep) codes[q] = static_cast<uint8_t>(packed);
+  }
+}
+
+// One thread per input element (NCHW order of grad_in), no atomics: it visits the windows that can
+// hold it with oh, then ow, ascending (the CPU kernel's accumulation order) and adds the gradient of
+// each whose code points at it, in A from +0 (as zero-fill + add gives; one rounding at the end).
+template <typename T, typename A>
+__global__ void maxpool_unroute_kernel(const T* grad, Dims4 gd, const uint8_t* codes, int64_t bits, T* grad_in,
+                                       int64_t H, int64_t W, PoolGeometry g) {
+  const int64_t n_in = gd.n * gd.c * H * W;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n_in;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t iw = e % W, ih = (e / W) % H, plane = e / (W * H);
+    const int64_t b = plane / gd.c, c = plane % gd.c;
+    A acc = A(0);
+    for (int64_t i = g.kh - 1; i >= 0; --i) {  // descending i: ascending oh
+      const int64_t th = ih + g.ph - i * g.dh;
+      if (th < 0 || th % g.sh != 0 || th / g.sh >= gd.h) continue;
+      const int64_t oh = th / g.sh;
+      for (int64_t j = g.kw - 1; j >= 0; --j) {
+        const int64_t tw = iw + g.pw - j * g.dw;
+        if (tw < 0 || tw % g.sw != 0 || tw / g.sw >= gd.w) continue;
+        const int64_t ow = tw / g.sw;
+        if (packed_code_at(codes, (plane * gd.h + oh) * gd.w + ow, bits) == i * g.kw + j)
+          acc += cast_to<A>(grad[b * gd.s0 + c * gd.s1 + oh * gd.s2 + ow * gd.s3]);
+      }
+    }
+    grad_in[e] = cast_to<T>(acc);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void launch_maxpool_codes(const T* x, Dims4 x_dims, T* y, Dims4 y_dims, uint8_t* codes, int64_t n_keep, int64_t bits,
+                          PoolGeometry g, cudaStream_t stream) {
+  const int64_t groups = (y_dims.n * y_dims.c * y_dims.h * y_dims.w + 8 / bits - 1) / (8 / bits);
+  if (groups == 0) return;
+  maxpool_codes_kernel<T, typename OpMath<T>::type><<<cuda::grid_for_items(groups), cuda::kThreads, 0, stream>>>(x, x_dims, y, y_dims,
+                                                                                             codes, n_keep, bits, g);
+}
+
+template <typename T>
+void launch_maxpool_unroute(const T* grad, Dims4 grad_dims, const uint8_t* codes, int64_t bits, T* grad_in, int64_t H,
+                            int64_t W, PoolGeometry g, cudaStream_t stream) {
+  const int64_t n_in = grad_dims.n * grad_dims.c * H * W;
+  if (n_in == 0) return;
+  maxpool_unroute_kernel<T, typename OpMath<T>::type><<<cuda::grid_for_items(n_in), cuda::kThreads, 0, stream>>>(grad, grad_dims, codes,
+                                                                                             bits, grad_in, H, W, g);
+}
+
+#define PERFLOSS_INSTANTIATE(T)                                                                                    \
+  template void launch_maxpool_codes<T>(const T*, Dims4, T*, Dims4, uint8_t*, int64_t, int64_t, PoolGeometry,        \
+                                        cudaStream_t);                                                              \
+  template void launch_maxpool_unroute<T>(const T*, Dims4, const uint8_t*, int64_t, T*, int64_t, int64_t,            \
+                                          PoolGeometry, cudaStream_t);
+PERFLOSS_INSTANTIATE(float)
+PERFLOSS_INSTANTIATE(double)
+PERFLOSS_INSTANTIATE(__half)
+PERFLOSS_INSTANTIATE(__nv_bfloat16)
+#undef PERFLOSS_INSTANTIATE
+
+}  // namespace lean
+}  // namespace perfloss

@@ -1,0 +1,58 @@
+// perfloss::sign_pack / sign_unpack, CUDA kernels; the sign codes and the unpacked product are
+// csrc/lean_math.h's, the same the CPU kernels run.
+#include "cuda/launch.cuh"
+#include "cuda/sign_pack.cuh"
+#include "lean_math.h"
+
+namespace perfloss {
+namespace lean {
+namespace {
+
+// One thread per code byte (4 elements), so no two threads write one byte.
+template <typename T, typename A>
+__global__ void sign_pack_kernel(const T* g, uint8_t* codes, int64_t n) {
+  const int64_t n_bytes = (n + 3) / 4;
+  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < n_bytes;
+       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    unsigned packed = 0;
+    for (int64_t e = 4 * q; e < 4 * q + 4 && e < n; ++e) packed |= sign_code(cast_to<A>(g[e])) << ((e - 4 * q) * 2);
+    codes[q] = static_cast<uint8_t>(packed);
+  }
+}
+
+template <typename T, typename A>
+__global__ void sign_unpack_kernel(const uint8_t* codes, const T* scale, const T* grad_values, T* out, int64_t n,
+                                   int64_t per_sample) {
+  const A s = cast_to<A>(*scale);
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[e] = cast_to<T>(sign_value(packed_code_at(codes, e, 2), cast_to<A>(grad_values[e / per_sample]), s));
+}
+
+}  // namespace
+
+template <typename T>
+void launch_sign_pack(const T* g, uint8_t* codes, int64_t n, cudaStream_t stream) {
+  if (n == 0) return;
+  sign_pack_kernel<T, typename OpMath<T>::type><<<cuda::grid_for_items((n + 3) / 4), cuda::kThreads, 0, stream>>>(g, codes, n);
+}
+
+template <typename T>
+void launch_sign_unpack(const uint8_t* codes, const T* scale, const T* grad_values, T* out, int64_t n,
+                        int64_t per_sample, cudaStream_t stream) {
+  if (n == 0) return;
+  sign_unpack_kernel<T, typename OpMath<T>::type><<<cuda::grid_for_items(n), cuda::kThreads, 0, stream>>>(codes, scale, grad_values, out,
+                                                                                      n, per_sample);
+}
+
+#define PERFLOSS_INSTANTIATE(T)                                                                     \
+  template void launch_sign_pack<T>(const T*, uint8_t*, int64_t, cudaStream_t);                        \
+  template void launch_sign_unpack<T>(const uint8_t*, const T*, const T*, T*, int64_t, int64_t, cudaStream_t);
+PERFLOSS_INSTANTIATE(float)
+PERFLOSS_INSTANTIATE(double)
+PERFLOSS_INSTANTIATE(__half)
+PERFLOSS_INSTANTIATE(__nv_bfloat16)
+#undef PERFLOSS_INSTANTIATE
+
+}  // namespace lean
+}  // namespace perfloss
