@@ -7,59 +7,13 @@
 // the CPU or __half / __nv_bfloat16 under nvcc); A is its arithmetic type (float for the 16-bit types).
 #pragma once
 
-#include "host_device.h"
+#include "element_types.h"
 
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#endif
-
 namespace perfloss {
 namespace lean {
-
-// Element conversion. torch compiles CUDA code with __CUDA_NO_HALF_CONVERSIONS__ (and the bfloat16
-// one), so the 16-bit CUDA types convert through their intrinsics (round to nearest even, as c10's).
-template <typename To, typename From>
-PERFLOSS_HD To cast_to(From v) {
-  return static_cast<To>(v);
-}
-#ifdef __CUDACC__
-template <>
-PERFLOSS_HD float cast_to<float, __half>(__half v) {
-  return __half2float(v);
-}
-template <>
-PERFLOSS_HD __half cast_to<__half, float>(float v) {
-  return __float2half_rn(v);
-}
-template <>
-PERFLOSS_HD float cast_to<float, __nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
-template <>
-PERFLOSS_HD __nv_bfloat16 cast_to<__nv_bfloat16, float>(float v) {
-  return __float2bfloat16_rn(v);
-}
-#endif
-
-// The arithmetic type A of element type T (the CPU kernels use at::opmath_type).
-template <typename T>
-struct OpMath {
-  using type = T;
-};
-#ifdef __CUDACC__
-template <>
-struct OpMath<__half> {
-  using type = float;
-};
-template <>
-struct OpMath<__nv_bfloat16> {
-  using type = float;
-};
-#endif
 
 // ---- relu_mask ----------------------------------------------------------------------------------
 

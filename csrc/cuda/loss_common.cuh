@@ -1,11 +1,12 @@
 // What the CUDA kernels of the loss heads and the PGN stages share (csrc/cuda/{feature_distance,gram,
 // style_loss,pgn_input,pgn_output}.cu): the element types their launchers take, and, for the kernels
-// themselves, element conversions, warp and block sums, and the second level of the deterministic
-// per-sample sums. No torch headers: nvcc compiles each .cu standalone. The host-compiled glue
+// themselves, warp and block sums and the second level of the deterministic per-sample sums (element
+// conversions: element_types.h). No torch headers: nvcc compiles each .cu standalone. The host-compiled glue
 // (csrc/cuda/*_ops.cpp) sees only ElemType.
 #pragma once
 
 #include "cuda/launch.cuh"
+#include "element_types.h"
 
 #include <cstdint>
 
@@ -26,31 +27,6 @@ enum class ElemType { kFloat, kDouble, kHalf, kBFloat16 };
 
 namespace perfloss {
 namespace cuda {
-
-// The accumulation type: float, double for double (at::opmath_type's rule).
-template <typename T>
-struct OpMath {
-  using type = float;
-};
-template <>
-struct OpMath<double> {
-  using type = double;
-};
-template <typename T>
-using opmath_t = typename OpMath<T>::type;
-
-// Loads and stores through the conversion intrinsics: torch compiles .cu files with
-// __CUDA_NO_HALF_CONVERSIONS__ / __CUDA_NO_BFLOAT16_CONVERSIONS__, which remove the implicit ones.
-__device__ __forceinline__ float to_acc(float x) { return x; }
-__device__ __forceinline__ double to_acc(double x) { return x; }
-__device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 x) { return __bfloat162float(x); }
-
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(double* p, double v) { *p = v; }
-__device__ __forceinline__ void store(double* p, float v) { *p = static_cast<double>(v); }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Calls f(T()) with T the C++ type of `t`: f is a generic lambda that launches its kernels for T.
 template <typename F>
