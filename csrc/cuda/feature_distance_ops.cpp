@@ -16,7 +16,7 @@ std::tuple<at::Tensor, at::Tensor> feature_distance_cuda(const at::Tensor& f0, c
                                                          const std::optional<at::Tensor>& weight,
                                                          bool compute_grad) {
   const int kind = loss::check_distance_args(f0, f1, kind_view, weight, at::kCUDA);
-  const cuda::ElemType t = cuda::elem_type(f0.scalar_type(), "f0");
+  const cuda::ElemType t = cuda::elem_type(f0.scalar_type(), "feature_distance", "f0");
   const c10::cuda::CUDAGuard guard(f0.device());
   const int64_t B = f0.size(0), C = f0.size(1), P = f0.size(2) * f0.size(3);
   const at::ScalarType vt = acc_type(f0.scalar_type());

@@ -15,7 +15,7 @@ namespace {
 
 at::Tensor gram_cuda(const at::Tensor& features, bool normalize) {
   loss::check_features(features, "features", at::kCUDA);
-  const cuda::ElemType t = cuda::elem_type(features.scalar_type(), "features");
+  const cuda::ElemType t = cuda::elem_type(features.scalar_type(), "gram", "features");
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t B = features.size(0), C = features.size(1), N = features.size(2) * features.size(3);
   const at::Tensor x = dense(features);

@@ -1,5 +1,7 @@
-// The launch shape of every perfloss CUDA kernel: blocks of kThreads threads in 1-D grids whose kernels
-// loop grid-stride over int64_t indices, so a capped grid still covers any size.
+// The launch shape and element types of every perfloss CUDA kernel: blocks of kThreads threads in 1-D
+// grids whose kernels loop grid-stride over int64_t indices, so a capped grid still covers any size;
+// launchers take untyped pointers and an ElemType (the glue maps at::ScalarType to it) and pick the
+// kernel's C++ element type with dispatch_elem.
 #pragma once
 
 #include <cstdint>
@@ -19,5 +21,32 @@ inline unsigned int grid_for(int64_t blocks) {
 // Blocks for `items` work items, one per thread.
 inline unsigned int grid_for_items(int64_t items) { return grid_for((items + kThreads - 1) / kThreads); }
 
+// The element type behind a launcher's untyped pointers.
+enum class ElemType { kFloat, kDouble, kHalf, kBFloat16 };
+
 }  // namespace cuda
 }  // namespace perfloss
+
+#ifdef __CUDACC__
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace perfloss {
+namespace cuda {
+
+// Calls f(T()) with T the C++ type of `t`: f is a generic lambda that launches its kernels for T.
+template <typename F>
+void dispatch_elem(ElemType t, F&& f) {
+  switch (t) {
+    case ElemType::kFloat: f(float()); break;
+    case ElemType::kDouble: f(double()); break;
+    case ElemType::kHalf: f(__half()); break;
+    case ElemType::kBFloat16: f(__nv_bfloat16()); break;
+  }
+}
+
+}  // namespace cuda
+}  // namespace perfloss
+
+#endif

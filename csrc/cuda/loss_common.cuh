@@ -1,23 +1,13 @@
 // What the CUDA kernels of the loss heads and the PGN stages share (csrc/cuda/{feature_distance,gram,
-// style_loss,pgn_input,pgn_output}.cu): the element types their launchers take, and, for the kernels
-// themselves, warp and block sums and the second level of the deterministic per-sample sums (element
-// conversions: element_types.h). No torch headers: nvcc compiles each .cu standalone. The host-compiled glue
-// (csrc/cuda/*_ops.cpp) sees only ElemType.
+// style_loss,pgn_input,pgn_output}.cu): warp and block sums and the second level of the deterministic
+// per-sample sums (launch shape and ElemType: launch.cuh; element conversions: element_types.h). No torch
+// headers: nvcc compiles each .cu standalone.
 #pragma once
 
 #include "cuda/launch.cuh"
 #include "element_types.h"
 
 #include <cstdint>
-
-namespace perfloss {
-namespace cuda {
-
-// The element type behind a launcher's untyped pointers (the glue maps at::ScalarType to it).
-enum class ElemType { kFloat, kDouble, kHalf, kBFloat16 };
-
-}  // namespace cuda
-}  // namespace perfloss
 
 #ifdef __CUDACC__
 
@@ -27,17 +17,6 @@ enum class ElemType { kFloat, kDouble, kHalf, kBFloat16 };
 
 namespace perfloss {
 namespace cuda {
-
-// Calls f(T()) with T the C++ type of `t`: f is a generic lambda that launches its kernels for T.
-template <typename F>
-void dispatch_elem(ElemType t, F&& f) {
-  switch (t) {
-    case ElemType::kFloat: f(float()); break;
-    case ElemType::kDouble: f(double()); break;
-    case ElemType::kHalf: f(__half()); break;
-    case ElemType::kBFloat16: f(__nv_bfloat16()); break;
-  }
-}
 
 constexpr int kWarp = 32;
 

@@ -1,28 +1,16 @@
 // What the torch glue of the loss heads' and PGN stages' CUDA kernels shares (csrc/cuda/{feature_distance,
-// gram,style_loss,pgn_input,pgn_output}_ops.cpp, compiled by the host compiler): the launchers' element
-// type of a dtype, and the unnormalised Gram product by cuBLAS.
+// gram,style_loss,pgn_input,pgn_output}_ops.cpp, compiled by the host compiler) shares besides glue.h:
+// the unnormalised Gram product by cuBLAS.
 //
 // TF32: the Gram GEMMs are ATen's bmm, so fp32 features use TF32 tensor cores exactly when torch's own
 // matmuls do (torch.backends.cuda.matmul.allow_tf32 / torch.set_float32_matmul_precision; off by
 // default), which is also what the Triton kernels follow.
 #pragma once
 
-#include "common.h"
-#include "cuda/loss_common.cuh"
+#include "cuda/glue.h"
 
 namespace perfloss {
 namespace cuda {
-
-inline ElemType elem_type(at::ScalarType t, const char* name) {
-  switch (t) {
-    case at::kFloat: return ElemType::kFloat;
-    case at::kDouble: return ElemType::kDouble;
-    case at::kHalf: return ElemType::kHalf;
-    case at::kBFloat16: return ElemType::kBFloat16;
-    default: TORCH_CHECK(false, name, " must be float32, float64, float16 or bfloat16, got ", t);
-  }
-  return ElemType::kFloat;
-}
 
 // G = F F^T per sample for F (B, C, N) in the accumulation type (B, C, C), contiguous: one batched
 // GEMM. fp16 / bf16 features go in as they are and come out in fp32 (cuBLAS accumulates in fp32).

@@ -61,34 +61,27 @@ __global__ void maxpool_unroute_kernel(const T* grad, Dims4 gd, const uint8_t* c
 
 }  // namespace
 
-template <typename T>
-void launch_maxpool_codes(const T* x, Dims4 x_dims, T* y, Dims4 y_dims, uint8_t* codes, int64_t n_keep, int64_t bits,
-                          PoolGeometry g, cudaStream_t stream) {
+void launch_maxpool_codes(cuda::ElemType t, const void* x, Dims4 x_dims, void* y, Dims4 y_dims, uint8_t* codes,
+                          int64_t n_keep, int64_t bits, PoolGeometry g, cudaStream_t stream) {
   const int64_t groups = (y_dims.n * y_dims.c * y_dims.h * y_dims.w + 8 / bits - 1) / (8 / bits);
   if (groups == 0) return;
-  maxpool_codes_kernel<T, typename OpMath<T>::type><<<cuda::grid_for_items(groups), cuda::kThreads, 0, stream>>>(x, x_dims, y, y_dims,
-                                                                                             codes, n_keep, bits, g);
+  cuda::dispatch_elem(t, [&](auto element) {
+    using T = decltype(element);
+    maxpool_codes_kernel<T, opmath_t<T>><<<cuda::grid_for_items(groups), cuda::kThreads, 0, stream>>>(
+        static_cast<const T*>(x), x_dims, static_cast<T*>(y), y_dims, codes, n_keep, bits, g);
+  });
 }
 
-template <typename T>
-void launch_maxpool_unroute(const T* grad, Dims4 grad_dims, const uint8_t* codes, int64_t bits, T* grad_in, int64_t H,
-                            int64_t W, PoolGeometry g, cudaStream_t stream) {
+void launch_maxpool_unroute(cuda::ElemType t, const void* grad, Dims4 grad_dims, const uint8_t* codes, int64_t bits,
+                            void* grad_in, int64_t H, int64_t W, PoolGeometry g, cudaStream_t stream) {
   const int64_t n_in = grad_dims.n * grad_dims.c * H * W;
   if (n_in == 0) return;
-  maxpool_unroute_kernel<T, typename OpMath<T>::type><<<cuda::grid_for_items(n_in), cuda::kThreads, 0, stream>>>(grad, grad_dims, codes,
-                                                                                             bits, grad_in, H, W, g);
+  cuda::dispatch_elem(t, [&](auto element) {
+    using T = decltype(element);
+    maxpool_unroute_kernel<T, opmath_t<T>><<<cuda::grid_for_items(n_in), cuda::kThreads, 0, stream>>>(
+        static_cast<const T*>(grad), grad_dims, codes, bits, static_cast<T*>(grad_in), H, W, g);
+  });
 }
-
-#define PERFLOSS_INSTANTIATE(T)                                                                                    \
-  template void launch_maxpool_codes<T>(const T*, Dims4, T*, Dims4, uint8_t*, int64_t, int64_t, PoolGeometry,        \
-                                        cudaStream_t);                                                              \
-  template void launch_maxpool_unroute<T>(const T*, Dims4, const uint8_t*, int64_t, T*, int64_t, int64_t,            \
-                                          PoolGeometry, cudaStream_t);
-PERFLOSS_INSTANTIATE(float)
-PERFLOSS_INSTANTIATE(double)
-PERFLOSS_INSTANTIATE(__half)
-PERFLOSS_INSTANTIATE(__nv_bfloat16)
-#undef PERFLOSS_INSTANTIATE
 
 }  // namespace lean
 }  // namespace perfloss

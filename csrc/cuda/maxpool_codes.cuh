@@ -1,8 +1,9 @@
-// perfloss::maxpool_codes / maxpool_unroute, CUDA kernels (launchers only: no torch types). T is float,
-// double, __half or __nv_bfloat16; strides are in elements; codes are packed in the NCHW order of the
+// perfloss::maxpool_codes / maxpool_unroute, CUDA kernels (launchers only: no torch types). The element
+// type is `t`'s (launch.cuh); strides are in elements; codes are packed in the NCHW order of the
 // output (see csrc/lean_math.h for the window math, shared with the CPU kernels).
 #pragma once
 
+#include "cuda/launch.cuh"
 #include "lean_math.h"
 
 #include <cuda_runtime_api.h>
@@ -20,15 +21,13 @@ struct Dims4 {
 
 // y = max_pool2d(x) (y of sizes (x.n, x.c, OH, OW) with its own strides), codes = the windows' argmax
 // codes of the first n_keep outputs in NCHW order, at `bits` bits per code.
-template <typename T>
-void launch_maxpool_codes(const T* x, Dims4 x_dims, T* y, Dims4 y_dims, uint8_t* codes, int64_t n_keep, int64_t bits,
-                          PoolGeometry g, cudaStream_t stream);
+void launch_maxpool_codes(cuda::ElemType t, const void* x, Dims4 x_dims, void* y, Dims4 y_dims, uint8_t* codes,
+                          int64_t n_keep, int64_t bits, PoolGeometry g, cudaStream_t stream);
 
 // grad_in (contiguous NCHW, grad.n x grad.c x H x W) = the gradient routed back from the codes: each
 // input element gathers, in the order of the output windows, the gradients whose code points at it.
-template <typename T>
-void launch_maxpool_unroute(const T* grad, Dims4 grad_dims, const uint8_t* codes, int64_t bits, T* grad_in, int64_t H,
-                            int64_t W, PoolGeometry g, cudaStream_t stream);
+void launch_maxpool_unroute(cuda::ElemType t, const void* grad, Dims4 grad_dims, const uint8_t* codes, int64_t bits,
+                            void* grad_in, int64_t H, int64_t W, PoolGeometry g, cudaStream_t stream);
 
 }  // namespace lean
 }  // namespace perfloss

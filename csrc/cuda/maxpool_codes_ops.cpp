@@ -1,11 +1,15 @@
 // perfloss::maxpool_codes / maxpool_unroute for CUDA tensors: the torch glue of csrc/cuda/maxpool_codes.cu
 // (checks, outputs laid out as the CPU kernels lay them out, the launch).
-#include "cuda/lean_dispatch.h"
+#include "cuda/glue.h"
 #include "cuda/maxpool_codes.cuh"
+#include "lean_common.h"
 
 namespace perfloss {
 namespace lean {
 namespace {
+
+using cuda::check_cuda;
+using cuda::check_same_device;
 
 Dims4 dims_of(const at::Tensor& t) {
   return {t.size(0), t.size(1), t.size(2), t.size(3), t.stride(0), t.stride(1), t.stride(2), t.stride(3)};
@@ -26,12 +30,9 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_cuda(const at::Tensor& x, at::I
   const c10::cuda::CUDAGuard guard(x.device());
   at::Tensor y = at::empty({B, C, OH, OW}, x.options().memory_format(memory_format_of(work_channels_last(x))));
   at::Tensor codes = at::empty({packed_bytes(keep * C * OH * OW, bits)}, x.options().dtype(at::kByte));
-  dispatch_element(x.scalar_type(), "maxpool_codes", "x", [&](auto element) {
-    using T = typename decltype(element)::type;
-    launch_maxpool_codes<T>(data_of<T>(x), dims_of(x), mutable_data_of<T>(y), dims_of(y),
-                            codes.mutable_data_ptr<uint8_t>(), keep * C * OH * OW, bits, g,
-                            c10::cuda::getCurrentCUDAStream());
-  });
+  launch_maxpool_codes(cuda::elem_type(x.scalar_type(), "maxpool_codes", "x"), x.const_data_ptr(), dims_of(x),
+                       y.mutable_data_ptr(), dims_of(y), codes.mutable_data_ptr<uint8_t>(), keep * C * OH * OW, bits, g,
+                       c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {y, codes};
 }
@@ -53,11 +54,9 @@ at::Tensor maxpool_unroute_cuda(const at::Tensor& grad, const at::Tensor& codes_
               " bytes, expected ", packed_bytes(grad.numel(), bits), " (", bits, " bits per element of grad)");
   at::Tensor out = at::empty({grad.size(0), grad.size(1), input_hw[0], input_hw[1]},
                              grad.options().memory_format(at::MemoryFormat::Contiguous));
-  dispatch_element(grad.scalar_type(), "maxpool_unroute", "grad", [&](auto element) {
-    using T = typename decltype(element)::type;
-    launch_maxpool_unroute<T>(data_of<T>(grad), dims_of(grad), codes.const_data_ptr<uint8_t>(), bits,
-                              mutable_data_of<T>(out), input_hw[0], input_hw[1], g, c10::cuda::getCurrentCUDAStream());
-  });
+  launch_maxpool_unroute(cuda::elem_type(grad.scalar_type(), "maxpool_unroute", "grad"), grad.const_data_ptr(),
+                         dims_of(grad), codes.const_data_ptr<uint8_t>(), bits, out.mutable_data_ptr(), input_hw[0],
+                         input_hw[1], g, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -21,8 +21,8 @@ at::Tensor pgn_input_cuda(const at::Tensor& y_hat, const at::Tensor& y, const at
   TORCH_CHECK(scale.numel() == 2 * C && shift.numel() == 2 * C, "scale and shift must have shape (", 2 * C,
               ",), got ", scale.sizes(), " and ", shift.sizes());
   const at::ScalarType in_dtype = at::promote_types(y_hat.scalar_type(), y.scalar_type());
-  const cuda::ElemType in_t = cuda::elem_type(in_dtype, "y_hat and y");
-  const cuda::ElemType out_t = cuda::elem_type(out_dtype, "out_dtype");
+  const cuda::ElemType in_t = cuda::elem_type(in_dtype, "pgn_input", "y_hat and y");
+  const cuda::ElemType out_t = cuda::elem_type(out_dtype, "pgn_input", "out_dtype");
   const c10::cuda::CUDAGuard guard(y_hat.device());
   const at::Tensor a = y_hat.to(in_dtype).contiguous();
   const at::Tensor b = y.to(in_dtype).contiguous();

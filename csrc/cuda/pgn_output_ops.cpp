@@ -19,8 +19,8 @@ std::tuple<at::Tensor, at::Tensor> pgn_output_cuda(const at::Tensor& out, const 
               out.device(), " and ", y_hat.device());
   const int64_t N = out.size(0), C = out.size(1), HW = out.size(2) * out.size(3);
   TORCH_CHECK(offset.numel() == C, "offset must have shape (", C, ",), got ", offset.sizes());
-  const cuda::ElemType out_t = cuda::elem_type(out.scalar_type(), "out");
-  const cuda::ElemType y_t = cuda::elem_type(y_hat.scalar_type(), "y_hat");
+  const cuda::ElemType out_t = cuda::elem_type(out.scalar_type(), "pgn_output", "out");
+  const cuda::ElemType y_t = cuda::elem_type(y_hat.scalar_type(), "pgn_output", "y_hat");
   const c10::cuda::CUDAGuard guard(out.device());
   const bool cl = work_channels_last(out);
   const at::MemoryFormat fmt = memory_format_of(cl);

@@ -42,33 +42,29 @@ __global__ void relu_mask_backward_kernel(const T* grad, const uint8_t* mask, T*
 
 }  // namespace
 
-template <typename T>
-void launch_relu_mask(const T* x, T* y, uint8_t* mask, int64_t n, int64_t n_keep, double negative_slope,
-                      cudaStream_t stream) {
+void launch_relu_mask(cuda::ElemType t, const void* x, void* y, uint8_t* mask, int64_t n, int64_t n_keep,
+                      double negative_slope, cudaStream_t stream) {
   if (n == 0) return;
-  using A = typename OpMath<T>::type;
-  relu_mask_kernel<T, A><<<cuda::grid_for_items(n), cuda::kThreads, 0, stream>>>(x, y, mask, n, n_keep, static_cast<A>(negative_slope),
-                                                             negative_slope == 0.0);
+  cuda::dispatch_elem(t, [&](auto element) {
+    using T = decltype(element);
+    using A = opmath_t<T>;
+    relu_mask_kernel<T, A><<<cuda::grid_for_items(n), cuda::kThreads, 0, stream>>>(
+        static_cast<const T*>(x), static_cast<T*>(y), mask, n, n_keep, static_cast<A>(negative_slope),
+        negative_slope == 0.0);
+  });
 }
 
-template <typename T>
-void launch_relu_mask_backward(const T* grad, const uint8_t* mask, T* grad_in, int64_t n, double negative_slope,
-                               cudaStream_t stream) {
+void launch_relu_mask_backward(cuda::ElemType t, const void* grad, const uint8_t* mask, void* grad_in, int64_t n,
+                               double negative_slope, cudaStream_t stream) {
   if (n == 0) return;
-  using A = typename OpMath<T>::type;
-  relu_mask_backward_kernel<T, A><<<cuda::grid_for_items(n), cuda::kThreads, 0, stream>>>(grad, mask, grad_in, n,
-                                                                      static_cast<A>(negative_slope),
-                                                                      negative_slope == 0.0);
+  cuda::dispatch_elem(t, [&](auto element) {
+    using T = decltype(element);
+    using A = opmath_t<T>;
+    relu_mask_backward_kernel<T, A><<<cuda::grid_for_items(n), cuda::kThreads, 0, stream>>>(
+        static_cast<const T*>(grad), mask, static_cast<T*>(grad_in), n, static_cast<A>(negative_slope),
+        negative_slope == 0.0);
+  });
 }
-
-#define PERFLOSS_INSTANTIATE(T)                                                                                   \
-  template void launch_relu_mask<T>(const T*, T*, uint8_t*, int64_t, int64_t, double, cudaStream_t);               \
-  template void launch_relu_mask_backward<T>(const T*, const uint8_t*, T*, int64_t, double, cudaStream_t);
-PERFLOSS_INSTANTIATE(float)
-PERFLOSS_INSTANTIATE(double)
-PERFLOSS_INSTANTIATE(__half)
-PERFLOSS_INSTANTIATE(__nv_bfloat16)
-#undef PERFLOSS_INSTANTIATE
 
 }  // namespace lean
 }  // namespace perfloss

@@ -1,20 +1,21 @@
 // perfloss::relu_mask / relu_mask_ / relu_mask_backward for CUDA tensors: the torch glue of
 // csrc/cuda/relu_mask.cu (checks, outputs laid out as the CPU kernels lay them out, the launch).
-#include "cuda/lean_dispatch.h"
+#include "cuda/glue.h"
 #include "cuda/relu_mask.cuh"
+#include "lean_common.h"
 
 namespace perfloss {
 namespace lean {
 namespace {
 
+using cuda::check_cuda;
+using cuda::check_same_device;
+
 // y = activation(x) (y may be x), mask = packed x > 0 of the first n_keep elements; x dense.
 void relu_mask_launch(const at::Tensor& x, const at::Tensor& y, const at::Tensor& mask, double negative_slope,
                       int64_t n_keep, const char* op) {
-  dispatch_element(x.scalar_type(), op, "x", [&](auto element) {
-    using T = typename decltype(element)::type;
-    launch_relu_mask<T>(data_of<T>(x), mutable_data_of<T>(y), mask.mutable_data_ptr<uint8_t>(), x.numel(), n_keep,
-                        negative_slope, c10::cuda::getCurrentCUDAStream());
-  });
+  launch_relu_mask(cuda::elem_type(x.scalar_type(), op, "x"), x.const_data_ptr(), y.mutable_data_ptr(),
+                   mask.mutable_data_ptr<uint8_t>(), x.numel(), n_keep, negative_slope, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -51,11 +52,9 @@ at::Tensor relu_mask_backward_cuda(const at::Tensor& grad_in, const at::Tensor& 
   TORCH_CHECK(mask.numel() == packed_bytes(n, 1), "relu_mask_backward: mask has ", mask.numel(), " bytes, expected ",
               packed_bytes(n, 1), " (one bit per element of grad)");
   at::Tensor out = at::empty_like(grad);
-  dispatch_element(grad.scalar_type(), "relu_mask_backward", "grad", [&](auto element) {
-    using T = typename decltype(element)::type;
-    launch_relu_mask_backward<T>(data_of<T>(grad), mask.const_data_ptr<uint8_t>(), mutable_data_of<T>(out), n,
-                                 negative_slope, c10::cuda::getCurrentCUDAStream());
-  });
+  launch_relu_mask_backward(cuda::elem_type(grad.scalar_type(), "relu_mask_backward", "grad"), grad.const_data_ptr(),
+                            mask.const_data_ptr<uint8_t>(), out.mutable_data_ptr(), n, negative_slope,
+                            c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

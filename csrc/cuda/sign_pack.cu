@@ -31,28 +31,24 @@ __global__ void sign_unpack_kernel(const uint8_t* codes, const T* scale, const T
 
 }  // namespace
 
-template <typename T>
-void launch_sign_pack(const T* g, uint8_t* codes, int64_t n, cudaStream_t stream) {
+void launch_sign_pack(cuda::ElemType t, const void* g, uint8_t* codes, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  sign_pack_kernel<T, typename OpMath<T>::type><<<cuda::grid_for_items((n + 3) / 4), cuda::kThreads, 0, stream>>>(g, codes, n);
+  cuda::dispatch_elem(t, [&](auto element) {
+    using T = decltype(element);
+    sign_pack_kernel<T, opmath_t<T>><<<cuda::grid_for_items((n + 3) / 4), cuda::kThreads, 0, stream>>>(
+        static_cast<const T*>(g), codes, n);
+  });
 }
 
-template <typename T>
-void launch_sign_unpack(const uint8_t* codes, const T* scale, const T* grad_values, T* out, int64_t n,
-                        int64_t per_sample, cudaStream_t stream) {
+void launch_sign_unpack(cuda::ElemType t, const uint8_t* codes, const void* scale, const void* grad_values, void* out,
+                        int64_t n, int64_t per_sample, cudaStream_t stream) {
   if (n == 0) return;
-  sign_unpack_kernel<T, typename OpMath<T>::type><<<cuda::grid_for_items(n), cuda::kThreads, 0, stream>>>(codes, scale, grad_values, out,
-                                                                                      n, per_sample);
+  cuda::dispatch_elem(t, [&](auto element) {
+    using T = decltype(element);
+    sign_unpack_kernel<T, opmath_t<T>><<<cuda::grid_for_items(n), cuda::kThreads, 0, stream>>>(
+        codes, static_cast<const T*>(scale), static_cast<const T*>(grad_values), static_cast<T*>(out), n, per_sample);
+  });
 }
-
-#define PERFLOSS_INSTANTIATE(T)                                                                     \
-  template void launch_sign_pack<T>(const T*, uint8_t*, int64_t, cudaStream_t);                        \
-  template void launch_sign_unpack<T>(const uint8_t*, const T*, const T*, T*, int64_t, int64_t, cudaStream_t);
-PERFLOSS_INSTANTIATE(float)
-PERFLOSS_INSTANTIATE(double)
-PERFLOSS_INSTANTIATE(__half)
-PERFLOSS_INSTANTIATE(__nv_bfloat16)
-#undef PERFLOSS_INSTANTIATE
 
 }  // namespace lean
 }  // namespace perfloss

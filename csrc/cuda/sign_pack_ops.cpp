@@ -1,21 +1,23 @@
 // perfloss::sign_pack / sign_unpack for CUDA tensors: the torch glue of csrc/cuda/sign_pack.cu (checks,
 // outputs laid out as the CPU kernels lay them out, the launch).
-#include "cuda/lean_dispatch.h"
+#include "cuda/glue.h"
 #include "cuda/sign_pack.cuh"
+#include "lean_common.h"
 
 namespace perfloss {
 namespace lean {
 namespace {
+
+using cuda::check_cuda;
+using cuda::check_same_device;
 
 at::Tensor sign_pack_cuda(const at::Tensor& g_in) {
   check_cuda(g_in, "sign_pack", "g");
   const c10::cuda::CUDAGuard guard(g_in.device());
   const at::Tensor g = dense(g_in);
   at::Tensor codes = at::empty({packed_bytes(g.numel(), 2)}, g.options().dtype(at::kByte));
-  dispatch_element(g.scalar_type(), "sign_pack", "g", [&](auto element) {
-    using T = typename decltype(element)::type;
-    launch_sign_pack<T>(data_of<T>(g), codes.mutable_data_ptr<uint8_t>(), g.numel(), c10::cuda::getCurrentCUDAStream());
-  });
+  launch_sign_pack(cuda::elem_type(g.scalar_type(), "sign_pack", "g"), g.const_data_ptr(),
+                   codes.mutable_data_ptr<uint8_t>(), g.numel(), c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return codes;
 }
@@ -39,11 +41,9 @@ at::Tensor sign_unpack_cuda(const at::Tensor& codes_in, const at::Tensor& scale,
   TORCH_CHECK(codes.numel() == packed_bytes(n, 2), "sign_unpack: codes has ", codes.numel(), " bytes, expected ",
               packed_bytes(n, 2), " (2 bits per element)");
   const at::Tensor gv = grad_values.to(scale.scalar_type()).contiguous();
-  dispatch_element(scale.scalar_type(), "sign_unpack", "scale", [&](auto element) {
-    using T = typename decltype(element)::type;
-    launch_sign_unpack<T>(codes.const_data_ptr<uint8_t>(), data_of<T>(scale), data_of<T>(gv), mutable_data_of<T>(out),
-                          n, batch > 0 ? n / batch : 1, c10::cuda::getCurrentCUDAStream());
-  });
+  launch_sign_unpack(cuda::elem_type(scale.scalar_type(), "sign_unpack", "scale"), codes.const_data_ptr<uint8_t>(),
+                     scale.const_data_ptr(), gv.const_data_ptr(), out.mutable_data_ptr(), n, batch > 0 ? n / batch : 1,
+                     c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }

@@ -22,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor> style_loss_cuda(const at::Tensor& features, c
                                                    bool compute_grad) {
   loss::check_features(features, "features", at::kCUDA);
   loss::check_target_gram(target_gram, features);
-  const cuda::ElemType t = cuda::elem_type(features.scalar_type(), "features");
+  const cuda::ElemType t = cuda::elem_type(features.scalar_type(), "style_loss", "features");
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t B = features.size(0), C = features.size(1), N = features.size(2) * features.size(3);
   const bool cl = work_channels_last(features);
