@@ -196,6 +196,16 @@ class ImageFolder(torch.utils.data.Dataset):
         return center_crop(image, self.crop)
 
 
+def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """A (C, H, W) image in [0, 1] scaled (antialiased bilinear) so its shorter side is ``size``, then
+    centre-cropped to ``size`` x ``size``."""
+    h, w = image.shape[-2:]
+    scale = size / min(h, w)
+    out = (max(size, round(h * scale)), max(size, round(w * scale)))
+    scaled = F.interpolate(image[None], size=out, mode="bilinear", align_corners=False, antialias=True)[0]
+    return center_crop(scaled.clamp(0, 1), size)
+
+
 def sample_photographs(size: Optional[int] = None) -> List[torch.Tensor]:
     """The photographs scikit-image's wheel ships (SAMPLE_PHOTOGRAPHS, read from disk, no download) as
     float32 (3, H, W) tensors in [0, 1], grayscale ones replicated to RGB. ``size``: each is scaled
@@ -211,10 +221,6 @@ def sample_photographs(size: Optional[int] = None) -> List[torch.Tensor]:
         chw = (hwc[None] if hwc.dim() == 2 else hwc.permute(2, 0, 1)).float() / 255.0
         chw = chw.expand(3, -1, -1).contiguous()
         if size is not None:
-            h, w = chw.shape[-2:]
-            scale = size / min(h, w)
-            out = (max(size, round(h * scale)), max(size, round(w * scale)))
-            chw = F.interpolate(chw[None], size=out, mode="bilinear", align_corners=False, antialias=True)[0]
-            chw = center_crop(chw.clamp(0, 1), size)
+            chw = fit_square(chw, size)
         photos.append(chw)
     return photos

@@ -14,9 +14,8 @@ from typing import Dict, List, NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from perfloss.images import center_crop, list_images, read_image
+from perfloss.images import fit_square, list_images, read_image
 
 BAPPS_FOLDERS = ("ref", "p0", "p1", "judge")
 _SHOWN = 5  # how many unmatched stems an error lists
@@ -114,10 +113,7 @@ def read_square(path, size: int) -> torch.Tensor:
     h, w = image.shape[-2:]
     if (h, w) == (size, size):
         return image
-    scale = size / min(h, w)
-    out = (max(size, round(h * scale)), max(size, round(w * scale)))
-    scaled = F.interpolate(image[None], size=out, mode="bilinear", align_corners=False, antialias=True)[0]
-    return center_crop(scaled.clamp(0, 1), size)
+    return fit_square(image, size)
 
 
 def read_all(paths, size: int) -> torch.Tensor:
