@@ -20,8 +20,12 @@ plain-PyTorch references (``perfloss.backend_info()`` says so).
 import glob
 import os
 import re
+import sys
 
 from setuptools import find_packages, setup
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # build_checks.py, next to this file
+from build_checks import check_shared_libstdcxx  # noqa: E402
 
 DEFAULT_CUDA_ARCHS = "8.0;9.0;10.0;12.0+PTX"
 
@@ -83,7 +87,18 @@ def _extensions():
         ext = cpp_extension.CppExtension("perfloss._C", sources, extra_compile_args={"cxx": cxx_flags}, **kwargs)
         _write_build_info(torch_version, None, None)
         local = f"cputorch{_major_minor(torch_version)}"
-    return [ext], {"build_ext": cpp_extension.BuildExtension}, local
+    return [ext], {"build_ext": _checked_build_ext(cpp_extension.BuildExtension)}, local
+
+
+def _checked_build_ext(base):
+    """torch's BuildExtension, then build_checks on each extension it linked."""
+    class CheckedBuildExtension(base):
+        def build_extension(self, ext):
+            super().build_extension(ext)
+            linker = getattr(self.compiler, "linker_so", None) or ["the C++ linker"]
+            check_shared_libstdcxx(self.get_ext_fullpath(ext.name), linker[0])
+
+    return CheckedBuildExtension
 
 
 ext_modules, cmdclass, local_version = _extensions()

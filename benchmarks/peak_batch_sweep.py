@@ -7,8 +7,9 @@ Losses (random weights: memory and time do not depend on them; images in [0, 1])
   l1       VGG-19 relu1_1..relu5_1 L1    PerceptualLoss("vgg19", [5 taps], distance="l1")
   style    Johnson et al.'s style loss   StyleLoss("vgg16"), set_target of one style image
   lpips    LPIPS-VGG                     LPIPS(net="vgg", normalize=True)
-Engines: eager, lean (default chunking: chunk from its memory budget), checkpoint
-(torch.utils.checkpoint of the backbone), compile (torch.compile of the eager loss).
+Engines: eager, lean (default chunking: chunk from its memory budget), lean:N (lean in chunks of N
+samples, to tune the budget), checkpoint (torch.utils.checkpoint of the backbone), compile
+(torch.compile of the eager loss).
 
 For each loss and batch, every engine's step is warmed up (compile compiles there), then timed
 once as a guard: a step over --max-seconds-per-step is skipped, and so are that loss and engine at
@@ -53,11 +54,21 @@ def precision_label(autocast: Optional[str]) -> str:
     return f"autocast {autocast}" if autocast else "fp32"
 
 
+def engine_name(text: str) -> str:
+    """An --engines entry: one of ENGINES, or lean:N (the lean engine in chunks of N samples)."""
+    kind, _, chunk = text.partition(":")
+    if text in ENGINES or (kind == "lean" and chunk.isdigit() and int(chunk) >= 1):
+        return text
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(ENGINES)} or lean:N with N >= 1, got {text!r}")
+
+
 def build_loss(name: str, engine: str, size: int, device: torch.device) -> torch.nn.Module:
     """The loss ``name`` on ``engine`` (``perfloss bench``'s own losses); ``compile`` is torch.compile
-    over the eager loss."""
+    over the eager loss, ``lean:N`` the lean engine in chunks of N samples."""
     vgg19 = name == "l1"
-    loss = bench.build_loss(name, "vgg19" if vgg19 else "vgg16", VGG19_FIVE_TAPS if vgg19 else None, engine)
+    kind, _, chunk = engine.partition(":")
+    loss = bench.build_loss(name, "vgg19" if vgg19 else "vgg16", VGG19_FIVE_TAPS if vgg19 else None, kind,
+                            int(chunk) if chunk else None)
     loss = loss.to(device)
     if name == "style":
         style_image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
@@ -194,7 +205,8 @@ def plot(rows: List[Dict], args, env: Dict[str, str], path: str):
 def parse_args(argv: Optional[List[str]]):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--losses", nargs="+", choices=tuple(LOSSES), default=list(LOSSES))
-    p.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
+    p.add_argument("--engines", nargs="+", type=engine_name, default=list(ENGINES),
+                   help=f"of {', '.join(ENGINES)}, lean:N (default all but lean:N)")
     p.add_argument("--batches", nargs="+", type=int, help=f"default {' '.join(map(str, BATCHES))}")
     p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on CUDA)")
     p.add_argument("--repeat", type=int, help="timed rounds per configuration (default 5)")

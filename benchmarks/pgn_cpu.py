@@ -29,13 +29,11 @@ from datetime import datetime, timezone
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from perfloss import plots  # noqa: E402
-from perfloss.pgn import (AutoencoderGenerator, PerceptualGradientNetwork, PGNTrainer, ProxyTargetLoss,  # noqa: E402
+from perfloss import plots
+from perfloss.pgn import (AutoencoderGenerator, PerceptualGradientNetwork, PGNTrainer, ProxyTargetLoss,
                           fold, visualize)
-from perfloss.pgn.data import procedural_images  # noqa: E402
-from perfloss.pgn.teacher import per_sample_sum, teacher_gradient  # noqa: E402
+from perfloss.pgn.data import procedural_images
+from perfloss.pgn.teacher import per_sample_sum, teacher_gradient
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

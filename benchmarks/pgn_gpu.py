@@ -20,17 +20,14 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 from datetime import datetime, timezone
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from perfloss.pgn import AutoencoderGenerator, PerceptualGradientNetwork, ProxyTargetLoss, fold  # noqa: E402
-from perfloss.pgn.teacher import paper_teacher, per_sample_sum  # noqa: E402
+from perfloss.pgn import AutoencoderGenerator, PerceptualGradientNetwork, ProxyTargetLoss, fold
+from perfloss.pgn.teacher import paper_teacher, per_sample_sum
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

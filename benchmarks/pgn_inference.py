@@ -10,15 +10,12 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from perfloss.pgn import PerceptualGradientNetwork, fold  # noqa: E402
+from perfloss.pgn import PerceptualGradientNetwork, fold
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -186,7 +186,7 @@ def test_gpu_cpp_kernel_checks_its_arguments():
 def test_gpu_large_offsets(gpu_impl):
     """More than 2^31 elements in one tensor: the 64-bit offsets (needs ~20 GB of GPU memory)."""
     x = torch.ones((1, 2, 2**15, 2**15 + 8), dtype=torch.float16, device="cuda")
-    x[..., -1, -1] = 1000.0  # its gradient 2 * 999 / numel is an fp16 subnormal; a difference of 2 would round to 0
+    x[0, 1, -1, -1] = 1000.0  # one element past index 2^31; its gradient 2 * 999 / numel is an fp16 subnormal; a difference of 2 would round to 0
     with library.use(gpu_impl):
         v, g = feature_distance_values(x, torch.ones_like(x), "mse", None, compute_grad=True)
     assert v.item() == pytest.approx(999.0**2 / x.numel(), rel=1e-3)

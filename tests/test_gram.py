@@ -54,8 +54,10 @@ def test_cpp_kernel_checks_its_arguments():
 
 
 @pytest.mark.cuda
-def test_gpu_default_is_triton():
-    assert library.backend_info()["gram"]["cuda"] == "triton"
+@pytest.mark.skipif(library.extension_error() is not None, reason="perfloss._C not built")
+def test_gpu_default_is_the_cpp_kernel():
+    """library.CUDA_ORDER: cuBLAS GEMMs beat the Triton kernels on an H200 (benchmarks/results/gpu)."""
+    assert library.backend_info()["gram"]["cuda"] == "cpp"
 
 
 @pytest.mark.parametrize("gpu_impl", GPU_IMPLS)

@@ -70,16 +70,19 @@ def test_use_rejects_unknown_implementations():
             pass
 
 
-def test_cuda_default_is_triton_then_the_cpp_kernel_then_the_reference():
-    """The per-device order the module docstring gives (a C++ CUDA kernel cannot be registered here)."""
-    def entry(triton, cpp):
-        return library._Entry(reference=None, triton=triton, cpp=cpp)
+def test_cuda_default_follows_cuda_order_then_the_reference():
+    """The per-device order the module docstring gives (a C++ CUDA kernel cannot be registered here):
+    Triton first on CUDA, except for the ops CUDA_ORDER puts their C++ kernel first."""
+    def entry(name, triton, cpp):
+        return library._Entry(name=name, reference=None, triton=triton, cpp=cpp)
 
-    assert entry(print, ("cpu", "cuda")).default("cuda") == "triton"
-    assert entry(None, ("cpu", "cuda")).default("cuda") == "cpp"
-    assert entry(None, ("cpu",)).default("cuda") == "reference"
-    assert entry(print, ("cpu", "cuda")).default("cpu") == "cpp"
-    assert entry(print, ()).default("cpu") == "reference"  # Triton on CPU tensors only when forced
+    assert entry("relu_mask", print, ("cpu", "cuda")).default("cuda") == "triton"
+    assert entry("relu_mask", None, ("cpu", "cuda")).default("cuda") == "cpp"
+    assert entry("relu_mask", None, ("cpu",)).default("cuda") == "reference"
+    assert entry("gram", print, ("cpu", "cuda")).default("cuda") == "cpp"
+    assert entry("gram", print, ("cpu",)).default("cuda") == "triton"
+    assert entry("relu_mask", print, ("cpu", "cuda")).default("cpu") == "cpp"
+    assert entry("relu_mask", print, ()).default("cpu") == "reference"  # Triton on CPU tensors only when forced
 
 
 def _fake_build(monkeypatch, torch_version, cuda_version):

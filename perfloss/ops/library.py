@@ -12,11 +12,13 @@ on every device where nothing faster is registered. Faster kernels sit on the pe
   reference are registered over them from here, in one ``torch.library.Library`` (destroying it
   brings back what ``perfloss._C`` registered).
 
-Which implementation runs by default: on CPU the C++ kernel, else the reference. On CUDA, Triton,
-else the C++ CUDA kernel, else the reference. Triton comes first on CUDA until a GPU measures the two
-(``benchmarks/gpu_check.sh`` runs ``benchmarks/loss_ops_gpu.py`` with both): CI runs every Triton kernel
-whole under the interpreter, while a C++ CUDA kernel has its arithmetic CI-tested only through the CPU
-kernels that share its headers (``csrc/*_math.h``); its indexing has not run anywhere yet.
+Which implementation runs by default: on CPU the C++ kernel, else the reference. On CUDA, the first
+of ``CUDA_ORDER`` the op has. ``gram`` and ``style_loss`` put their C++ kernel first: on an H200
+(benchmarks/results/gpu/loss_ops_gpu_cuda.log) its cuBLAS GEMMs beat the Triton split-K Gram 2-10x in
+bf16 and in most fp32 shapes, and Triton's autotuning of every new shape stalled the first steps of a
+style loss for tens of seconds. The other ops keep Triton first until a GPU measures them: CI runs every
+Triton kernel whole under the interpreter, while a C++ CUDA kernel is CI-tested only through the
+arithmetic it shares with the CPU kernels (``csrc/*_math.h``) and by compiling.
 
 Each op module registers its fake kernel and autograd formula with ``register_fake`` /
 ``register_autograd``. Every implementation stays a plain importable function: ``<op>_reference``
@@ -42,6 +44,8 @@ from perfloss.kernels.common import interpreting
 
 IMPLEMENTATIONS = ("reference", "cpp", "triton")
 DEVICES = ("cpu", "cuda")
+# The order a CUDA tensor's implementation is chosen in, per op (see the module docstring for why).
+CUDA_ORDER = {"gram": ("cpp", "triton"), "style_loss": ("cpp", "triton")}
 _DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
@@ -97,6 +101,7 @@ def _has_cpp(name: str, device: str) -> bool:
 
 @dataclass
 class _Entry:
+    name: str
     reference: Callable
     triton: Optional[Callable]
     cpp: Tuple[str, ...]  # the devices perfloss._C registered a C++ kernel for
@@ -109,7 +114,7 @@ class _Entry:
         return self.triton is not None and (device == "cuda" or interpreting())
 
     def default(self, device: str) -> str:
-        order = ("cpp",) if device == "cpu" else ("triton", "cpp")  # see the module docstring for why
+        order = ("cpp",) if device == "cpu" else CUDA_ORDER.get(self.name, ("triton", "cpp"))
         return next((impl for impl in order if self.has(impl, device)), "reference")
 
     def running(self, device: str) -> str:
@@ -130,7 +135,7 @@ def define(name: str, reference: Callable, *, triton: Optional[Callable] = None,
     schema and runs where nothing faster is registered); ``triton`` is its kernel for CUDA tensors."""
     op = torch.library.custom_op(f"perfloss::{name}", reference, mutates_args=tuple(mutates_args))
     # perfloss._C, imported below before any op is defined, has registered its C++ kernels
-    _OPS[name] = _Entry(reference, triton, tuple(d for d in DEVICES if _has_cpp(name, d)))
+    _OPS[name] = _Entry(name, reference, triton, tuple(d for d in DEVICES if _has_cpp(name, d)))
     _register(name)
     return op
 
