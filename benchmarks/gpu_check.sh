@@ -13,7 +13,8 @@
 #
 # 1. the CUDA-marked tests (every op on its C++ CUDA kernel, Triton and the reference);
 # 2. issue 9's GPU item at 256x256 batch 16, fp32 and bf16 autocast: the peak-memory sweep (with the lean
-#    engine at several chunk sizes, to tune its CUDA memory budget) and the training step;
+#    engine at several chunk sizes, to tune its CUDA memory budget, and on the C++ CUDA kernels in place
+#    of Triton's) and the training step;
 # 3. C++ CUDA vs Triton vs eager (and torch.compile) per loss op: benchmarks/loss_ops_gpu.py;
 # 4. the ops' C++ CUDA tests under compute-sanitizer memcheck;
 # 5. perfloss bench (every engine, torch.compile too), the PGN benchmark, the > 2^31-element tests.
@@ -84,9 +85,11 @@ step peak_sweep_fp32 90 "${sweep[@]}" --engines eager lean lean:2 lean:4 lean:8 
   --out "$out/peak_batch_sweep_cuda"
 step peak_sweep_bf16 60 "${sweep[@]}" --engines eager lean lean:4 checkpoint --autocast bfloat16 \
   --out "$out/peak_batch_sweep_cuda_autocast_bfloat16"
+step peak_sweep_fp32_cpp 40 env PERFLOSS_IMPL=cpp "${sweep[@]}" --engines lean \
+  --out "$out/peak_batch_sweep_cuda_cpp_kernels"  # the lean engine on the C++ CUDA kernels, against Triton's above
 step train_step 90 "$py" benchmarks/train_step.py --device cuda --size 256 --batch 16 --repeat 5 \
   --budget-mib 24576 --out "$out/train_step_cuda"
-step loss_ops 60 "$py" benchmarks/loss_ops_gpu.py --quick --out "$out"
+step loss_ops 90 "$py" benchmarks/loss_ops_gpu.py --quick --out "$out"
 if command -v compute-sanitizer > /dev/null; then
   step memcheck 45 "${tests[@]}" compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$py" -m pytest test_relu_mask.py test_maxpool_codes.py test_sign_pack.py test_feature_distance.py \

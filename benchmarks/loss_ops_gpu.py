@@ -1,6 +1,10 @@
 """GPU benchmark of the loss ops gram, style_loss, feature_distance and tv_loss (run on the device).
 
-    PERFLOSS_TEST_GPU=1 python benchmarks/loss_ops_gpu.py [--quick] [--out benchmarks/results]
+    PERFLOSS_TEST_GPU=1 python benchmarks/loss_ops_gpu.py [--quick] [--no-compile] [--out benchmarks/results]
+
+(--quick: Gram at 64x64 only, C in {64, 256, 512}; batch 4 for the style and LPIPS cases; smaller
+elementwise tensors. An earlier --quick with 16 Gram cases had done 11 after 60 s on an H200, most of
+it torch.compile compiling each case: --no-compile leaves that column out.)
 
 Side by side in one run, every time the median of triton.testing.do_bench (L2 flushed between
 runs): the fused op on each of its CUDA implementations (``triton``: kernels/, ``cpp``: the C++ CUDA
@@ -117,7 +121,12 @@ def held_after_forward(loss_fn, leaves):
     return held
 
 
+COMPILE = True  # --no-compile: leave out the torch.compile column (each case compiles: seconds apiece)
+
+
 def compiled(fn):
+    if not COMPILE:
+        return None
     try:
         return torch.compile(fn)
     except Exception as exc:  # noqa: BLE001 - the report says why the column is missing
@@ -136,9 +145,9 @@ def copy_bandwidth(nbytes, device):
 def run_gram(rows, quick, dev):
     from perfloss.ops.gram import gram
 
-    sides = (32, 64) if quick else (32, 64, 128, 256)
+    sides = (64,) if quick else (32, 64, 128, 256)
     for dtype in (torch.bfloat16, torch.float32):
-        for c in (64, 128, 256, 512):
+        for c in ((64, 256, 512) if quick else (64, 128, 256, 512)):
             for side in sides:
                 x = torch.randn(16, c, side, side, device=dev, dtype=dtype)
                 comp = compiled(eager_gram)
@@ -243,7 +252,10 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     parser.add_argument("--only", nargs="*", default=["gram", "style", "lpips", "elementwise"])
+    parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
     args = parser.parse_args(argv)
+    global COMPILE
+    COMPILE = not args.no_compile
     if triton is None or not torch.cuda.is_available():
         print("loss_ops_gpu.py needs a CUDA device and triton; nothing to do here.", file=sys.stderr)
         return 2
