@@ -14,7 +14,7 @@ on every device where nothing faster is registered. Faster kernels sit on the pe
 
 Which implementation runs by default: on CPU the C++ kernel, else the reference. On CUDA, the first
 of ``CUDA_ORDER`` the op has. ``gram`` and ``style_loss`` put their C++ kernel first: on an H200
-(benchmarks/results/gpu/loss_ops_gpu_cuda.log) its cuBLAS GEMMs beat the Triton split-K Gram 2-10x in
+(benchmarks/results/gpu/loss_ops_gpu_cuda.log) its cuBLAS GEMMs beat the Triton split-K Gram 1.9-10x in
 bf16 and in most fp32 shapes, and Triton's autotuning of every new shape stalled the first steps of a
 style loss for tens of seconds. The other ops keep Triton first until a GPU measures them: CI runs every
 Triton kernel whole under the interpreter, while a C++ CUDA kernel is CI-tested only through the
