@@ -108,15 +108,18 @@ def test_ddp_two_cpu_processes(tmp_path):
 
 @CHUNKS
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_torch_compile_fullgraph_training_step(backend, chunk_size):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_torch_compile_fullgraph_training_step(backend, chunk_size, device, monkeypatch):
+    """On CUDA, inductor's graph calls the ops' CUDA kernels (Triton, C++) from inside the compiled code."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # IEEE fp32 convolutions on both sides
     torch._dynamo.reset()
-    net = frozen(Toy())
+    net = frozen(Toy()).to(device)
     plan = compile_plan(net)
-    heads = HEADS + [TapHead("c", "lpips", 0.5, torch.rand(12))]
-    gen = nn.Conv2d(3, 3, 3, padding=1)
+    heads = HEADS + [TapHead("c", "lpips", 0.5, torch.rand(12, device=device))]
+    gen = nn.Conv2d(3, 3, 3, padding=1).to(device)
     opt = torch.optim.SGD(gen.parameters(), lr=0.1)
-    z = torch.randn(2, 3, 16, 16)
-    t = torch.randn(2, 3, 16, 16)
+    z = torch.randn(2, 3, 16, 16).to(device)
+    t = torch.randn(2, 3, 16, 16).to(device)
 
     def loss_fn(z):
         return lean_loss(plan, gen(z), heads, target_x=t, chunk_size=chunk_size).mean()
