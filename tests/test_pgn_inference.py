@@ -85,3 +85,26 @@ def test_inference_end_to_end_with_triton_ops():
         p, g = fold(net)(y_hat, y)
     torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5 * g_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("device,cuda_graph", [
+    pytest.param("cpu", False, id="cpu"),
+    pytest.param("cuda", False, id="cuda", marks=pytest.mark.cuda),
+    pytest.param("cuda", True, id="cuda-graph", marks=pytest.mark.cuda),
+])
+def test_folded_inference_on_device(device, cuda_graph, monkeypatch):
+    """The folded copy against the eval module on the same device; with CUDA graphs, a second batch of
+    the same shape replays the captured graph (new inputs copied in, outputs cloned out) and a third
+    shape captures another."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # IEEE fp32 convolutions on both sides
+    net = _trained_bn(PerceptualGradientNetwork("resnet4")).to(device)
+    inference = fold(net, cuda_graph=cuda_graph)
+    for seed, shape in ((0, (2, 3, 16, 16)), (1, (2, 3, 16, 16)), (2, (1, 3, 12, 20))):
+        gen = torch.Generator().manual_seed(seed)
+        y_hat, y = torch.rand(shape, generator=gen).to(device), torch.rand(shape, generator=gen).to(device)
+        with torch.no_grad():
+            p_ref, g_ref = net(y_hat, y)
+        p, g = inference(y_hat, y)
+        torch.testing.assert_close(p, p_ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, g_ref, rtol=1e-5, atol=1e-5 * g_ref.abs().max().item())
+    assert len(inference._graphs) == (2 if cuda_graph else 0)
