@@ -11,7 +11,8 @@
 # that machine's /opt/gcc g++, whose extension crashed on error messages (benchmarks/results/gpu/README.md;
 # setup.py now refuses such a build).
 #
-# 1. the CUDA-marked tests (every op on its C++ CUDA kernel, Triton and the reference);
+# 1. the CUDA-marked tests: every op on its C++ CUDA kernel, Triton and the reference; the benchmark
+#    losses lean against eager and float64 on each implementation; torch.compile; PGN CUDA graphs;
 # 2. issue 9's GPU item at 256x256 batch 16, fp32 and bf16 autocast: the peak-memory sweep (with the lean
 #    engine at several chunk sizes, to tune its CUDA memory budget, and on the C++ CUDA kernels in place
 #    of Triton's) and the training step;
@@ -21,7 +22,8 @@
 # Each step has its own time limit and log under RESULTS, cut to what is left of PERFLOSS_GPU_CHECK_SECONDS
 # (default 560) since the start; a failing step does not stop the next, and RESULTS/steps.txt lists each
 # step's exit code and seconds. PERFLOSS_GPU_CHECK_ONLY="memcheck bench_fp32 ..." runs only the steps
-# named (the install always runs): a second, shorter call for what the first one's deadline cut. pytest is stopped with SIGINT, so a run cut short still prints its failures.
+# named (the install always runs): a second, shorter call for what the first one's deadline cut.
+# pytest is stopped with SIGINT, so a run cut short still prints its failures.
 # Where $OUT is set (the device tool), RESULTS is packed into $OUT/gpu_check.tar.gz after every step.
 # Tests and `perfloss bench` run outside the checkout, so they import the installed wheel, not ./perfloss.
 set -uo pipefail
