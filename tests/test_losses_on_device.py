@@ -24,12 +24,10 @@ PLACES = [pytest.param("cpu", None, id="cpu"),
 
 
 @pytest.fixture(autouse=True)
-def _no_tf32():
+def _no_tf32(monkeypatch):
     """fp32 convolutions and matmuls in IEEE fp32 on CUDA (TF32 would round eager and lean apart)."""
-    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
 
 
 def build(kind: str, engine: str, chunk_size=None) -> torch.nn.Module:
