@@ -84,7 +84,7 @@ env -C /tmp "$py" -c 'import json, perfloss; print(perfloss.__file__); print(jso
   > "$out/backend_info.json" 2>&1
 cat "$out/backend_info.json"
 
-step tests_cuda 240 "${tests[@]}" "$py" -m pytest . -m cuda -q -p no:cacheprovider --timeout 60 -n 16 -rf --tb=short
+step tests_cuda 240 "${tests[@]}" "$py" -m pytest . -m cuda -q -p no:cacheprovider --timeout 120 -n 16 -rf --tb=short
 
 sweep=("$py" benchmarks/peak_batch_sweep.py --device cuda --size 256 --batches 16 --repeat 5)
 step peak_sweep_fp32 90 "${sweep[@]}" --engines eager lean lean:2 lean:4 lean:8 lean:16 checkpoint \
