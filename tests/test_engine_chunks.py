@@ -188,6 +188,19 @@ def test_chunk_size_follows_the_memory_budget():
     assert chunk_size_for(plan, x, memory_budget=1 << 40) == 8
 
 
+def test_chunk_size_counts_target_images_that_ride_in_the_chunk(monkeypatch):
+    """Where the target images run in the input's chunks (GPUs), forward holds four activations of the
+    widest step per sample, not three; a single broadcast target, or a split target pass, adds none."""
+    plan = compile_plan(frozen(Toy()))
+    x = torch.randn(8, 3, 16, 16)
+    budget = 4 * walk.TRANSIENT_ACTIVATIONS * plan.widest_activation_bytes((3, 16, 16), torch.float32)
+    assert chunk_size_for(plan, x, budget, target_x=x) == 4  # CPU splits the target pass
+    monkeypatch.setattr(walk, "SPLIT_TARGET_PASS_DEVICES", ())
+    assert chunk_size_for(plan, x, budget, target_x=x) == 3  # 12 // 4 = 3 per chunk: 3 + 3 + 2
+    assert chunk_size_for(plan, x, budget, target_x=x[:1]) == 4
+    assert chunk_size_for(plan, x, budget) == 4
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
 def test_bad_chunk_size(bad):
     plan = compile_plan(frozen(Toy()))

@@ -129,7 +129,7 @@ def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Un
         raise ValueError("affine must be None or a (scale, shift) pair of (1, 3, 1, 1) tensors")
     check_chunk_size(chunk_size)
     if chunk_size is None:
-        chunk_size = chunk_size_for(plan, x, memory_budget, affine)
+        chunk_size = chunk_size_for(plan, x, memory_budget, affine, target_x)
     tail_start = tail_start_for(plan, x, chunk_size, affine)
     for p in plan.gm.parameters():
         if p.requires_grad and grad_on:

@@ -50,6 +50,9 @@ MEMORY_BUDGETS = {"cpu": 16 << 20, "cuda": 256 << 20}
 # and output in forward; the incoming gradient, the gradient to the input and the convolution
 # backward's buffer in backward.
 TRANSIENT_ACTIVATIONS = 3
+# Four when each sample's target image rides in the chunk (devices outside SPLIT_TARGET_PASS_DEVICES):
+# the two images' inputs and outputs of that step in forward.
+RIDING_TARGET_ACTIVATIONS = 4
 
 
 def check_chunk_size(chunk_size) -> None:
@@ -59,13 +62,19 @@ def check_chunk_size(chunk_size) -> None:
                          f"got {chunk_size!r}")
 
 
-def chunk_size_for(plan: Plan, x: torch.Tensor, memory_budget: Optional[int] = None, affine: Sequence = ()) -> int:
+def chunk_size_for(plan: Plan, x: torch.Tensor, memory_budget: Optional[int] = None, affine: Sequence = (),
+                   target_x: Optional[torch.Tensor] = None) -> int:
     """Samples per chunk so that one chunk's transients fit ``memory_budget`` bytes (default:
     ``MEMORY_BUDGETS`` of ``x``'s device type): at least 1, and the batch split evenly (16 samples
-    with room for 5 go as 4 chunks of 4, not 5 + 5 + 5 + 1). ``affine`` as in :func:`forward`."""
+    with room for 5 go as 4 chunks of 4, not 5 + 5 + 5 + 1). ``affine`` and ``target_x`` (a target
+    image per sample rides in the chunk on devices outside SPLIT_TARGET_PASS_DEVICES) as in
+    :func:`forward`."""
     if memory_budget is None:
         memory_budget = MEMORY_BUDGETS.get(x.device.type, MEMORY_BUDGETS["cuda"])
-    per_sample = TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, _network_sample_shape(x, affine), x.dtype)
+    target_rides = (target_x is not None and target_x.shape[0] == x.shape[0]
+                    and x.device.type not in SPLIT_TARGET_PASS_DEVICES)
+    activations = RIDING_TARGET_ACTIVATIONS if target_rides else TRANSIENT_ACTIVATIONS
+    per_sample = activations * _widest_activation_bytes(plan, _network_sample_shape(x, affine), x.dtype)
     batch = x.shape[0]
     chunks = -(-batch // max(1, memory_budget // per_sample))
     return -(-batch // chunks)
