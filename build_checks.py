@@ -34,6 +34,7 @@ def check_shared_libstdcxx(path: str, compiler: str) -> None:
     if defines_libstdcxx_streams(path):
         raise RuntimeError(
             f"{path} defines libstdc++'s stream code itself ({STREAM_INSERT_LONG}): the compiler {compiler} "
-            f"links part of libstdc++ statically, and such an extension crashes (SIGSEGV) when torch formats "
-            f"an error message with a number. Build with a g++ that links the shared libstdc++, e.g. "
-            f"CXX=/usr/bin/g++ pip install --no-build-isolation ., or install a perfloss wheel.")
+            f"links part of libstdc++ statically. An extension like this (built by a GPU machine's /opt/gcc "
+            f"g++ 13.3) crashed with SIGSEGV whenever torch formatted an error message with a number. Build "
+            f"with a g++ that links the shared libstdc++, e.g. CXX=/usr/bin/g++ pip install "
+            f"--no-build-isolation ., or install a perfloss wheel.")
