@@ -47,7 +47,7 @@ trap 'rm -rf "$work"' EXIT
   --exclude 'libtorch*.so' --exclude 'libc10*.so' --exclude 'libgomp.so*' \
   --exclude 'libcudart.so*' --exclude 'libcuda.so*' --exclude 'libcublas*.so*' \
   "$work"/raw/perfloss-*.whl
-wheel=$(ls -t "$dist"/perfloss-*.whl | head -1)
+wheel=$(ls -t "$dist"/perfloss-*.whl | sed -n 1p)
 
 manifest=$wheel.manifest.txt
 {
