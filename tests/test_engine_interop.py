@@ -81,9 +81,14 @@ def _ddp_worker(rank, world, init_file, out_file):
     model = DDP(gen)
     loss = lean_loss(plan, model(z[rank]), HEADS, target_x=t[rank], chunk_size=1).mean()
     loss.backward()
-    if rank == 0:
+    if rank == 0:  # after backward's all-reduce: both ranks' gradients are in
         torch.save({"grad": gen.weight.grad.clone(), "state": gen.state_dict()}, out_file)
-    dist.barrier()
+    # No rank may exit while gloo still carries a message to another (a barrier's own last message
+    # races the sender's exit: seen as a rank waiting forever): meet in a file store, outside gloo.
+    done = dist.FileStore(init_file + ".done", world)
+    if done.add("ranks", 1) == world:
+        done.set("all", "1")
+    done.wait(["all"])
     dist.destroy_process_group()
 
 
