@@ -12,7 +12,7 @@ __global__ void __launch_bounds__(kThreads)
     gram_epilogue_kernel(const opmath_t<scalar_t>* __restrict__ gram, scalar_t* __restrict__ out, int64_t B, int64_t C,
                          opmath_t<scalar_t> scale) {
   const int64_t CC = C * C;
-  for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < B * CC; e += int64_t(gridDim.x) * kThreads) {
+  for (int64_t e = first_item(); e < B * CC; e += item_stride()) {
     const int64_t b = e / CC, i = (e % CC) / C, j = e % C;
     const int64_t lo = i < j ? i : j, hi = i < j ? j : i;
     store(out + e, gram[b * CC + lo * C + hi] * scale);

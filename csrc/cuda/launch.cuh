@@ -35,6 +35,10 @@ enum class ElemType { kFloat, kDouble, kHalf, kBFloat16 };
 namespace perfloss {
 namespace cuda {
 
+// A grid-stride loop over items, one per thread at a time: for (e = first_item(); e < n; e += item_stride()).
+__device__ inline int64_t first_item() { return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
+__device__ inline int64_t item_stride() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
 // Calls f(T()) with T the C++ type of `t`: f is a generic lambda that launches its kernels for T.
 template <typename F>
 void dispatch_elem(ElemType t, F&& f) {

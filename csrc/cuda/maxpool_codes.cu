@@ -15,8 +15,7 @@ __global__ void maxpool_codes_kernel(const T* x, Dims4 xd, T* y, Dims4 yd, uint8
   const int64_t per = 8 / bits;
   const int64_t n_out = yd.n * yd.c * yd.h * yd.w;
   const int64_t groups = (n_out + per - 1) / per;
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < groups;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t q = cuda::first_item(); q < groups; q += cuda::item_stride()) {
     const int64_t e0 = q * per;
     const int64_t e1 = e0 + per < n_out ? e0 + per : n_out;
     unsigned packed = 0;
@@ -38,8 +37,7 @@ template <typename T, typename A>
 __global__ void maxpool_unroute_kernel(const T* grad, Dims4 gd, const uint8_t* codes, int64_t bits, T* grad_in,
                                        int64_t H, int64_t W, PoolGeometry g) {
   const int64_t n_in = gd.n * gd.c * H * W;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n_in;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t e = cuda::first_item(); e < n_in; e += cuda::item_stride()) {
     const int64_t iw = e % W, ih = (e / W) % H, plane = e / (W * H);
     const int64_t b = plane / gd.c, c = plane % gd.c;
     A acc = A(0);

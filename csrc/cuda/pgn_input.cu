@@ -13,7 +13,7 @@ template <typename in_t, typename out_t>
 __global__ void __launch_bounds__(kThreads)
     pgn_input_kernel(const in_t* __restrict__ y_hat, const in_t* __restrict__ y, const float* __restrict__ scale,
                      const float* __restrict__ shift, out_t* __restrict__ out, int64_t total, int64_t C, int64_t HW) {
-  for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < total; e += int64_t(gridDim.x) * kThreads) {
+  for (int64_t e = first_item(); e < total; e += item_stride()) {
     const int64_t c = e % (2 * C), pixel = e / (2 * C);  // pixel = n * HW + spatial position
     const int64_t src = (pixel / HW) * C * HW + (c % C) * HW + pixel % HW;
     const float v = static_cast<float>(c < C ? to_acc(y_hat[src]) : to_acc(y[src]));

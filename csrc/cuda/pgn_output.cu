@@ -14,7 +14,7 @@ __global__ void __launch_bounds__(kThreads)
     pgn_output_kernel(const out_t* __restrict__ out, const y_t* __restrict__ y_hat, const float* __restrict__ offset,
                       y_t* __restrict__ proxy, y_t* __restrict__ grad, int64_t total, int64_t C, int64_t HW,
                       bool channels_last, float gain, float coef) {
-  for (int64_t e = int64_t(blockIdx.x) * kThreads + threadIdx.x; e < total; e += int64_t(gridDim.x) * kThreads) {
+  for (int64_t e = first_item(); e < total; e += item_stride()) {
     const int64_t c = channels_last ? e % C : (e / HW) % C;
     const float p = pgn_math::sigmoid_proxy(static_cast<float>(to_acc(out[e])), gain, offset[c]);
     store(proxy + e, p);

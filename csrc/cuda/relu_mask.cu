@@ -15,10 +15,8 @@ namespace {
 template <typename T, typename A>
 __global__ void relu_mask_kernel(const T* x, T* y, uint8_t* mask, int64_t n, int64_t n_keep, A slope, bool plain) {
   const unsigned lane = threadIdx.x & 31u;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
   const int64_t mask_bytes = (n_keep + 7) / 8;
-  for (int64_t base = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x - lane); base < n;
-       base += warps * 32) {
+  for (int64_t base = cuda::first_item() - lane; base < n; base += cuda::item_stride()) {
     const int64_t e = base + lane;
     bool bit = false;
     if (e < n) {
@@ -35,8 +33,7 @@ __global__ void relu_mask_kernel(const T* x, T* y, uint8_t* mask, int64_t n, int
 template <typename T, typename A>
 __global__ void relu_mask_backward_kernel(const T* grad, const uint8_t* mask, T* grad_in, int64_t n, A slope,
                                           bool plain) {
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  for (int64_t e = cuda::first_item(); e < n; e += cuda::item_stride())
     grad_in[e] = relu_grad(mask_bit_at(mask, e), grad[e], slope, plain);
 }
 

@@ -12,8 +12,7 @@ namespace {
 template <typename T, typename A>
 __global__ void sign_pack_kernel(const T* g, uint8_t* codes, int64_t n) {
   const int64_t n_bytes = (n + 3) / 4;
-  for (int64_t q = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; q < n_bytes;
-       q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  for (int64_t q = cuda::first_item(); q < n_bytes; q += cuda::item_stride()) {
     unsigned packed = 0;
     for (int64_t e = 4 * q; e < 4 * q + 4 && e < n; ++e) packed |= sign_code(cast_to<A>(g[e])) << ((e - 4 * q) * 2);
     codes[q] = static_cast<uint8_t>(packed);
@@ -24,8 +23,7 @@ template <typename T, typename A>
 __global__ void sign_unpack_kernel(const uint8_t* codes, const T* scale, const T* grad_values, T* out, int64_t n,
                                    int64_t per_sample) {
   const A s = cast_to<A>(*scale);
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
-       e += static_cast<int64_t>(gridDim.x) * blockDim.x)
+  for (int64_t e = cuda::first_item(); e < n; e += cuda::item_stride())
     out[e] = cast_to<T>(sign_value(packed_code_at(codes, e, 2), cast_to<A>(grad_values[e / per_sample]), s));
 }
 
