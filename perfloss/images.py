@@ -198,8 +198,10 @@ class ImageFolder(torch.utils.data.Dataset):
 
 def fit_square(image: torch.Tensor, size: int) -> torch.Tensor:
     """A (C, H, W) image in [0, 1] scaled (antialiased bilinear) so its shorter side is ``size``, then
-    centre-cropped to ``size`` x ``size``."""
+    centre-cropped to ``size`` x ``size``; an image already of that size is returned as it is."""
     h, w = image.shape[-2:]
+    if (h, w) == (size, size):
+        return image
     scale = size / min(h, w)
     out = (max(size, round(h * scale)), max(size, round(w * scale)))
     scaled = F.interpolate(image[None], size=out, mode="bilinear", align_corners=False, antialias=True)[0]

@@ -106,19 +106,10 @@ def class_folders(root) -> LabelledImages:
     return LabelledImages(paths, labels, classes)
 
 
-def read_square(path, size: int) -> torch.Tensor:
-    """Image ``path`` as float32 (3, size, size) in [0, 1]: scaled (antialiased bilinear) so its shorter side
-    is ``size``, then centre-cropped; an image already of that size is returned as read."""
-    image = read_image(path)
-    h, w = image.shape[-2:]
-    if (h, w) == (size, size):
-        return image
-    return fit_square(image, size)
-
-
 def read_all(paths, size: int) -> torch.Tensor:
-    """Images as one uint8 (N, 3, size, size) tensor (a quarter of float32's memory; see :func:`as_float`)."""
-    return torch.stack([(read_square(p, size) * 255).round().to(torch.uint8) for p in paths])
+    """Images as one uint8 (N, 3, size, size) tensor (a quarter of float32's memory; see :func:`as_float`),
+    each scaled and centre-cropped to ``size`` (:func:`perfloss.images.fit_square`)."""
+    return torch.stack([(fit_square(read_image(p), size) * 255).round().to(torch.uint8) for p in paths])
 
 
 def as_float(images: torch.Tensor) -> torch.Tensor:
