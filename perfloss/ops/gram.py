@@ -6,10 +6,9 @@ features' dtype. The backward needs F (as eager's bmm does): dF = (dG + dG^T) F 
 NaN and Inf propagate as through eager's ``bmm``: a NaN in channel i makes row and column i of that
 sample's Gram NaN; an Inf gives Inf (or NaN where it meets a zero or an opposite sign).
 
-Implementations: :func:`gram_reference` (below), C++ ``csrc/gram.cpp`` (CPU), Triton
-``kernels/gram.py`` (CUDA, the default) and cuBLAS batched GEMM + CUDA C++ epilogue
-``csrc/cuda/gram.cu`` (CUDA, under ``library.use("cpp")``; TF32 as torch's matmuls); see
-:mod:`perfloss.ops.library`.
+Implementations: :func:`gram_reference` (below), C++ ``csrc/gram.cpp`` (CPU), cuBLAS batched GEMM +
+CUDA C++ epilogue ``csrc/cuda/gram.cu`` (CUDA, the default; TF32 as torch's matmuls) and Triton
+``kernels/gram.py`` (CUDA, under ``library.use("triton")``); see :mod:`perfloss.ops.library`.
 """
 import torch
 

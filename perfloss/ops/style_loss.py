@@ -9,10 +9,10 @@ NaN and Inf propagate as through the plain-PyTorch formula (Gram, difference, sq
 autograd: a NaN anywhere in a sample's features makes its value NaN, and the gradient is NaN or Inf
 where the formula's is.
 
-Implementations: :func:`style_loss_reference` (below), C++ ``csrc/style_loss.cpp`` (CPU), Triton
-``kernels/style_loss.py`` (CUDA, the default) and two cuBLAS batched GEMMs around the CUDA C++ epilogue
-``csrc/cuda/style_loss.cu`` (CUDA, under ``library.use("cpp")``; the epilogue's math ``csrc/loss_math.h``
-is the CPU kernel's); see :mod:`perfloss.ops.library`.
+Implementations: :func:`style_loss_reference` (below), C++ ``csrc/style_loss.cpp`` (CPU), two cuBLAS
+batched GEMMs around the CUDA C++ epilogue ``csrc/cuda/style_loss.cu`` (CUDA, the default; the epilogue's
+math ``csrc/loss_math.h`` is the CPU kernel's) and Triton ``kernels/style_loss.py`` (CUDA, under
+``library.use("triton")``); see :mod:`perfloss.ops.library`.
 """
 from typing import Tuple
 
