@@ -8,7 +8,7 @@ from test_engine import Toy, WithFallback, eager_values, frozen, rel_err, toy_he
 from perfloss import PerceptualLoss
 from perfloss.backbones import get_backbone
 from perfloss.engine import chunk_size_for, compile_plan, lean_loss, plan_for, target_features
-from perfloss.engine import walk
+from perfloss.engine import lean as lean_module, walk
 from perfloss.engine.memory import peak_bytes
 from perfloss.heads import TapHead
 
@@ -97,9 +97,9 @@ class NarrowingWithFallback(torch.nn.Module):
 
 @pytest.mark.parametrize("net_kind", ["toy", "fallback"])
 @pytest.mark.parametrize("target", ["images", "one image", "cached"])
-def test_tail_after_a_cut_equals_the_whole_batch_float64(net_kind, target):
-    """One-sample chunks up to the first cut after which the whole batch costs no more than a chunk,
-    then one walk: values and gradients equal the unchunked pass's, and gradcheck holds."""
+def test_levels_equal_the_whole_batch_float64(net_kind, target):
+    """Small chunks up to a cut, larger ones after it (the levels ``levels_for`` picks): values and
+    gradients equal the unchunked pass's, and gradcheck holds."""
     if net_kind == "toy":
         net, heads, shape = frozen(Toy(), torch.float64), toy_heads(), (5, 3, 16, 16)
         plan = compile_plan(net)
@@ -111,28 +111,65 @@ def test_tail_after_a_cut_equals_the_whole_batch_float64(net_kind, target):
     images = torch.randn(shape[0] if target == "images" else 1, *shape[1:], dtype=torch.float64)
     kw = dict(targets=target_features(plan, images, heads)) if target == "cached" else dict(target_x=images)
     chunk = 2 if net_kind == "toy" else 4
-    assert walk.tail_start_for(plan, x, chunk) > 0
-    assert walk.tail_start_for(plan, x, shape[0]) == -1  # one chunk: nothing to split
+    assert len(walk.levels_for(plan, x, chunk)) > 1
+    assert walk.levels_for(plan, x, shape[0]) == ((0, shape[0]),)  # one chunk: nothing to split
     whole = _value_and_grad(plan, heads, x, chunk_size=shape[0], **kw)
-    tail = _value_and_grad(plan, heads, x, chunk_size=chunk, **kw)
-    torch.testing.assert_close(tail[0], whole[0], rtol=1e-12, atol=1e-14)
-    assert rel_err(tail[1], whole[1]) < 1e-12
+    levels = _value_and_grad(plan, heads, x, chunk_size=chunk, **kw)
+    torch.testing.assert_close(levels[0], whole[0], rtol=1e-12, atol=1e-14)
+    assert rel_err(levels[1], whole[1]) < 1e-12
     assert torch.autograd.gradcheck(lambda x: lean_loss(plan, x, heads, chunk_size=chunk, **kw),
                                     (x.clone().requires_grad_(True),), eps=1e-6, atol=1e-6, fast_mode=True)
 
 
-def test_tail_never_raises_the_peak_estimate():
-    """The tail starts after the first cut where the whole batch's estimate fits one chunk's, no earlier."""
-    plan = compile_plan(frozen(Toy()))
-    x = torch.randn(8, 3, 16, 16)
-    per_step = plan.activation_bytes((3, 16, 16), torch.float32)
-    k = walk.tail_start_for(plan, x, 2)
-    chunk = 2 * walk.TRANSIENT_ACTIVATIONS * max(per_step)
-    assert k > 0  # Toy narrows after c3: 8 samples there cost less than 2 at c1
-    assert 8 * (2 * per_step[k - 1] + walk.TRANSIENT_ACTIVATIONS * max(per_step[k:])) <= chunk
-    for cut in plan.cuts:
-        if cut + 1 < k:  # an earlier cut would not have fitted
-            assert 8 * (2 * per_step[cut] + walk.TRANSIENT_ACTIVATIONS * max(per_step[cut + 1:])) > chunk
+@pytest.mark.parametrize("levels", [((0, 1), (3, 2), (10, 4)), ((0, 1), (9, 3)), ((0, 2), (3, 4), (9, 4), (12, 7)),
+                                    ((0, 1), (2, 2), (3, 4), (9, 8), (11, 8))],
+                         ids=["nested, ragged last", "odd", "a level of the same size", "five levels"])
+@pytest.mark.parametrize("target", ["images", "cached"])
+def test_any_levels_equal_the_whole_batch_float64(monkeypatch, levels, target):
+    """Levels other than the rule's (more of them, ragged, odd sizes, on Toy's cuts after c1, r1 (its
+    pool next), p1, cat, c3, p2): the same values and gradients as one walk of the whole batch."""
+    plan = compile_plan(frozen(Toy(), torch.float64))
+    heads = toy_heads()
+    assert {first - 1 for first, _ in levels[1:]} <= set(plan.cuts)
+    x = torch.randn(7, 3, 16, 16, dtype=torch.float64)
+    images = torch.randn(7, 3, 16, 16, dtype=torch.float64)
+    kw = dict(targets=target_features(plan, images, heads)) if target == "cached" else dict(target_x=images)
+    whole = _value_and_grad(plan, heads, x, chunk_size=7, **kw)
+    monkeypatch.setattr(lean_module, "levels_for", lambda *args: levels)
+    v, g = _value_and_grad(plan, heads, x, chunk_size=levels[0][1], **kw)
+    torch.testing.assert_close(v, whole[0], rtol=1e-12, atol=1e-14)
+    assert rel_err(g, whole[1]) < 1e-12
+
+
+@pytest.mark.parametrize("batch", [2, 3, 8, 16, 32])
+def test_levels_fit_a_first_chunks_memory(batch):
+    """On VGG-19 at 128x128 in one-sample chunks (the CPU default): each deeper level's chunk doubles
+    the one above it (or is the batch), starts after a cut that no pooling step right after it would
+    shrink, and its transients (input and target values at the cut, three activations of the widest
+    step on) fit one first chunk's, the cut values the levels wait on take at most half of that, and
+    at twice its size (or the batch) one of the two would not hold."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        plan = plan_for(get_backbone("vgg19", ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]))
+    x = torch.empty(batch, 3, 128, 128, device="meta")
+    per_step = plan.activation_bytes((3, 128, 128), torch.float32)
+    budget = 1 * walk.TRANSIENT_ACTIVATIONS * max(per_step)
+    levels = walk.levels_for(plan, x, 1)
+    assert levels[0] == (0, 1)
+    assert len(levels) >= (2 if batch < 4 else 3)  # VGG narrows: deeper levels, two of them from batch 4 on
+    waiting = 0
+    for (_, above), (first, size) in zip(levels, levels[1:]):
+        k = first - 1
+        assert k in plan.cuts and not (first in plan.cuts and per_step[first] < per_step[k])
+        assert size == batch or (size > above and size % above == 0 and (size // above) & (size // above - 1) == 0)
+        per_sample = 2 * per_step[k] + walk.TRANSIENT_ACTIVATIONS * max(per_step[first:])
+        assert size * per_sample <= budget
+        if size < batch:
+            larger = min(2 * size, batch)
+            assert (larger * per_sample > budget
+                    or waiting + larger * 2 * per_step[k] > walk.CUT_VALUES_SHARE * budget)
+        waiting += size * 2 * per_step[k]
+    assert waiting <= walk.CUT_VALUES_SHARE * budget
 
 
 def _affine(dtype):

@@ -32,7 +32,7 @@ import torch
 from perfloss.engine.lean_op import lean_values
 from perfloss.engine.plan import Plan
 from perfloss.engine.walk import (DOUBLE_BACKWARD_ERROR, Call, backward, check_chunk_size, chunk_size_for, forward,
-                                  prepared_targets, tail_start_for)
+                                  levels_for, prepared_targets)
 from perfloss.heads import TapHead
 
 
@@ -40,9 +40,8 @@ class LeanLossFunction(torch.autograd.Function):
     """The lean loss for plans with fallback steps, whose autograd graphs cannot cross a custom op."""
 
     @staticmethod
-    def forward(ctx, x, target_x, call, chunk_size, affine, tail_start, *targets):
-        total, saved, fwd = forward(call, x, target_x, targets, ctx.needs_input_grad[0], chunk_size, affine,
-                                    tail_start)
+    def forward(ctx, x, target_x, call, levels, affine, *targets):
+        total, saved, fwd = forward(call, x, target_x, targets, ctx.needs_input_grad[0], levels, affine)
         ctx.save_for_backward(*saved)
         ctx.plan = call.plan
         ctx.fwd = fwd
@@ -58,7 +57,7 @@ class LeanLossFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError(DOUBLE_BACKWARD_ERROR)
         gx = backward(ctx.plan, ctx.fwd, ctx.saved_tensors, grad_values)
-        return (gx, None, None, None, None, None) + (None,) * ctx.n_targets
+        return (gx, None, None, None, None) + (None,) * ctx.n_targets
 
 
 def _targets_list(heads, targets) -> List[torch.Tensor]:
@@ -102,8 +101,8 @@ def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Un
     ``chunk_size=None`` picks the largest chunk whose transients fit ``memory_budget`` bytes
     (default: ``perfloss.engine.walk.MEMORY_BUDGETS`` for the device). Results equal the unchunked
     ones (float64 exactly; fp32 to rounding, as convolution algorithms may differ per batch size).
-    Past the point where the network has narrowed so far that the whole batch costs no more than one
-    chunk, the steps run once over the whole batch (:func:`perfloss.engine.walk.tail_start_for`).
+    Where the network has narrowed, deeper steps run in larger chunks, up to the whole batch, within
+    the same memory (:func:`perfloss.engine.walk.levels_for`).
 
     ``affine``: None when ``x`` and ``target_x`` are normalised network input; or a loss's (scale,
     shift), each (1, 3, 1, 1), when they are images (B, 3 or 1, H, W) to be mapped by
@@ -130,7 +129,7 @@ def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Un
     check_chunk_size(chunk_size)
     if chunk_size is None:
         chunk_size = chunk_size_for(plan, x, memory_budget, affine, target_x)
-    tail_start = tail_start_for(plan, x, chunk_size, affine)
+    levels = levels_for(plan, x, chunk_size, affine, target_x)
     for p in plan.gm.parameters():
         if p.requires_grad and grad_on:
             raise ValueError("lean_loss: the network must be frozen (requires_grad_(False)); the lean engine "
@@ -138,12 +137,12 @@ def lean_loss(plan: Plan, x: torch.Tensor, heads: Sequence, targets: Optional[Un
     # the custom-op form (no graph break under compile) for fully lean plans whose heads the op can describe
     # (tap, kind, weight, LPIPS weights); subclasses of TapHead carrying more go through the autograd.Function
     if grad_on and x.requires_grad and plan.is_lean and all(type(h) is TapHead for h in heads):
-        return lean_values(plan, x, heads, tlist, target_x, tap_grad_dtype, chunk_size, affine, tail_start)
+        return lean_values(plan, x, heads, tlist, target_x, tap_grad_dtype, levels, affine)
     call = Call(plan, heads, tap_grad_dtype)
     if grad_on and x.requires_grad:
-        return LeanLossFunction.apply(x, target_x, call, chunk_size, affine, tail_start, *tlist)
+        return LeanLossFunction.apply(x, target_x, call, levels, affine, *tlist)
     with torch.no_grad():
-        return forward(call, x, target_x, tlist, False, chunk_size, affine, tail_start)[0]
+        return forward(call, x, target_x, tlist, False, levels, affine)[0]
 
 
 def target_features(plan: Plan, target_x: torch.Tensor, heads: Sequence) -> List[torch.Tensor]:

@@ -1,8 +1,9 @@
 """The lean loss as custom ops, so that ``torch.compile(fullgraph=True)`` sees no graph break.
 
 ``perfloss::lean_forward(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype,
-chunk_size, affine, tail_start) -> (values, saved)`` runs the input pass (:func:`perfloss.engine.walk.forward`, as the
-autograd.Function in :mod:`perfloss.engine.lean` does) and returns the tensors kept for backward as
+level_firsts, level_sizes, affine) -> (values, saved)`` runs the input pass
+(:func:`perfloss.engine.walk.forward`, as the autograd.Function in :mod:`perfloss.engine.lean` does;
+its levels as two lists) and returns the tensors kept for backward as
 extra outputs; ``perfloss::lean_backward(plan_key, config, grad_values, saved)`` walks the plan in
 reverse. The heads travel as plain values (tap, kind, weight, LPIPS weights) and the plan as its
 integer key, so nothing but tensors, numbers and strings crosses the op boundary. The rest of what
@@ -27,13 +28,14 @@ _METAS: Dict[str, Forward] = {}
 _MAX_METAS = 4096
 
 
-def _config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, chunk_size, affine, tail_start) -> str:
+def _config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, level_firsts, level_sizes,
+                affine) -> str:
     tgt = None if target_x is None else (tuple(target_x.shape), str(target_x.dtype))
     amp = torch.is_autocast_enabled(x.device.type) and str(torch.get_autocast_dtype(x.device.type))
     return repr((plan_key, tuple(x.shape), str(x.dtype), work_channels_last(x), tgt,
                  tuple((tuple(t.shape), str(t.dtype)) for t in targets), heads_spec, tuple(weights),
-                 tuple(lin is not None for lin in lins), str(tap_grad_dtype), chunk_size, len(affine), tail_start,
-                 amp))
+                 tuple(lin is not None for lin in lins), str(tap_grad_dtype), tuple(level_firsts), tuple(level_sizes),
+                 len(affine), amp))
 
 
 def encode_heads(heads) -> str:
@@ -60,25 +62,27 @@ def _file(key: str, fwd: Forward):
 @torch.library.custom_op("perfloss::lean_forward", mutates_args=())
 def lean_forward_op(plan_key: int, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: List[torch.Tensor],
                     heads_spec: str, weights: List[float], lins: List[Optional[torch.Tensor]],
-                    tap_grad_dtype: Optional[torch.dtype], chunk_size: int, affine: List[torch.Tensor],
-                    tail_start: int) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+                    tap_grad_dtype: Optional[torch.dtype], level_firsts: List[int], level_sizes: List[int],
+                    affine: List[torch.Tensor]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     call = _call(plan_key, heads_spec, weights, lins, tap_grad_dtype)
-    total, saved, fwd = forward(call, x, target_x, targets, True, chunk_size, affine, tail_start)
-    _file(_config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, chunk_size, affine,
-                      tail_start), fwd)
+    levels = tuple(zip(level_firsts, level_sizes))
+    total, saved, fwd = forward(call, x, target_x, targets, True, levels, affine)
+    _file(_config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, level_firsts,
+                      level_sizes, affine), fwd)
     return total, saved
 
 
 @lean_forward_op.register_fake
-def _(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, chunk_size, affine, tail_start):
+def _(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, level_firsts, level_sizes, affine):
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     call = _call(plan_key, heads_spec, weights, lins, tap_grad_dtype)
     with unset_fake_temporarily():
         total, saved, fwd = forward(on_meta(call), to_meta(x), to_meta(target_x), [to_meta(t) for t in targets], True,
-                                    chunk_size, [to_meta(a) for a in affine], tail_start, x.device.type)
-    _file(_config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, chunk_size, affine,
-                      tail_start), fwd)
+                                    tuple(zip(level_firsts, level_sizes)), [to_meta(a) for a in affine],
+                                    x.device.type)
+    _file(_config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, level_firsts,
+                      level_sizes, affine), fwd)
     return (x.new_empty_strided(total.shape, total.stride(), dtype=total.dtype),
             [x.new_empty_strided(s.shape, s.stride(), dtype=s.dtype) for s in saved])
 
@@ -99,10 +103,10 @@ def _(plan_key, config, grad_values, saved):
 
 
 def _setup_context(ctx, inputs, output):
-    plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, chunk_size, affine, tail_start = inputs
+    plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, level_firsts, level_sizes, affine = inputs
     ctx.plan_key = plan_key
-    ctx.config = _config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, chunk_size,
-                             affine, tail_start)
+    ctx.config = _config_key(plan_key, x, target_x, targets, heads_spec, weights, lins, tap_grad_dtype, level_firsts,
+                             level_sizes, affine)
     ctx.n_targets = len(targets)
     # The autograd wrapper gives a list argument one gradient slot per element only when every
     # element is a tensor (all heads LPIPS); a list holding any None is a single slot.
@@ -120,15 +124,15 @@ def _backward_rule(ctx, grad_values, _grad_saved):
     gx = None
     if grad_values is not None:  # grads are not materialised: None when nothing flows into the values
         gx = lean_backward_op(ctx.plan_key, ctx.config, grad_values, list(ctx.saved_tensors))
-    return None, gx, None, [None] * ctx.n_targets, None, None, ctx.lin_grads, None, None, ctx.affine_grads, None
+    return None, gx, None, [None] * ctx.n_targets, None, None, ctx.lin_grads, None, None, None, ctx.affine_grads
 
 
 lean_forward_op.register_autograd(_backward_rule, setup_context=_setup_context)
 
 
-def lean_values(plan, x, heads, tlist, target_x, tap_grad_dtype, chunk_size, affine, tail_start) -> torch.Tensor:
+def lean_values(plan, x, heads, tlist, target_x, tap_grad_dtype, levels, affine) -> torch.Tensor:
     heads_spec = encode_heads(heads)
     weights = [float(h.weight) for h in heads]
     lins = [h.lin for h in heads]
     return lean_forward_op(plan.key, x, target_x, list(tlist), heads_spec, weights, lins, tap_grad_dtype,
-                           chunk_size, list(affine), tail_start)[0]
+                           [first for first, _ in levels], [size for _, size in levels], list(affine))[0]

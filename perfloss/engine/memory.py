@@ -105,7 +105,7 @@ def lean_expected_bytes(plan, x_shape: Sequence[int], heads: Sequence, dtype: to
     """
     call = on_meta(Call(plan, heads, tap_grad_dtype))
     x = torch.empty(tuple(x_shape), dtype=dtype, device="meta")
-    held = forward(call, x, x, None, True, x.shape[0])[2].held
+    held = forward(call, x, x, None, True, ((0, x.shape[0]),))[2].held
     return dict(held, total=sum(held.values()))
 
 

@@ -10,11 +10,11 @@ on meta tensors, :func:`on_meta`). :func:`backward` walks the plan in reverse fr
 The input pass runs the batch in chunks of ``chunk_size`` samples (:func:`chunk_size_for` picks it
 from a memory budget), each chunk's target images with it, and backward goes chunk by chunk: the
 peak is what is kept for the whole batch (masks, codes, tap gradients: per sample) plus one chunk's
-activations and gradient buffers, not the whole batch's. The deep, narrow steps after a cut
-(:func:`tail_start_for`) run once over the whole batch, from the chunks' values at the cut, where
-that costs no more than a chunk. Given the loss's ``affine`` (its map from
-pixels to network input), each chunk's images are mapped as the chunk starts, so no normalised copy
-of the whole batch exists either.
+activations and gradient buffers, not the whole batch's. The deep, narrow steps after a cut run in
+larger chunks, up to the whole batch, made of the first chunks' values at the cut, where that costs
+no more than a first chunk (:func:`levels_for`). Given the loss's ``affine`` (its map from pixels to
+network input), each chunk's images are mapped as the chunk starts, so no normalised copy of the
+whole batch exists either.
 """
 import copy
 from typing import Any, Callable, Container, Dict, List, NamedTuple, Optional, Sequence, Tuple
@@ -168,7 +168,7 @@ class Forward(NamedTuple):
     """What an input pass hands its backward besides ``saved``. For fully lean plans it holds Python
     values only (the custom op files it by configuration); fallback steps keep autograd graphs."""
 
-    chunks: List[Chunk]  # the head's chunks, then the tail (the whole batch, ``first`` > 0) if any
+    chunks: List[Chunk]  # in the order walked: a deeper level's chunk after the chunks above it that fed it
     x_shape: Tuple[int, ...]
     x_dtype: torch.dtype
     held: Dict[str, int]  # bytes saved, by kind: masks, codes, taps, inputs
@@ -227,38 +227,74 @@ def prepared_targets(call: Call, target_x: torch.Tensor, first: int = 0, stop: O
     return out, cut
 
 
-def tail_start_for(plan: Plan, x: torch.Tensor, chunk_size: int, affine: Sequence = ()) -> int:
-    """Where the walk may stop chunking: the first step after a cut from which the whole batch's
-    transients (the input's and the target's values at the cut, then three activations of the widest
-    step on) are no more than one chunk's, so that the tail does not raise the peak; -1 when the
-    batch is one chunk or no such cut exists. Deep layers are narrow: they run as one batch, which
-    oneDNN computes faster per image than one-image chunks (and with fewer thread barriers)."""
-    if chunk_size >= x.shape[0]:
-        return -1
+Levels = Tuple[Tuple[int, int], ...]  # (first step, samples per chunk) of each level of the walk
+
+
+def levels_for(plan: Plan, x: torch.Tensor, chunk_size: int, affine: Sequence = (),
+               target_x: Optional[torch.Tensor] = None) -> Levels:
+    """How the input pass walks the batch: levels of steps, each run in chunks of its own size. The
+    first level, from the input, runs ``chunk_size`` samples at a time. Deep layers are narrow, and
+    oneDNN computes them faster per image in larger batches (with fewer thread barriers): so past a
+    cut a level may run chunks of twice, four times, ... the level above's (up to the whole batch),
+    made of the level above's chunks' values at the cut, when its transients (those values, the
+    input's and the target's, then three activations of the widest step on) fit one first-level
+    chunk's, and the cut values that all levels wait on together fit half of one
+    (``CUT_VALUES_SHARE``). One level when the batch is one chunk, or when target images ride in the
+    chunks' batch (devices outside SPLIT_TARGET_PASS_DEVICES: the chunks' rows are not the input's
+    alone)."""
+    b = x.shape[0]
+    rides = target_x is not None and x.device.type not in SPLIT_TARGET_PASS_DEVICES
+    if chunk_size >= b or rides:
+        return ((0, min(chunk_size, b)),)
     sample_shape = _network_sample_shape(x, affine)
-    chunk = chunk_size * TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, sample_shape, x.dtype)
-    return _tail_start(plan, sample_shape, x.dtype, x.shape[0], chunk)
+    budget = chunk_size * TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, sample_shape, x.dtype)
+    return _levels(plan, sample_shape, x.dtype, b, chunk_size, budget)
+
+
+# The share of one first-level chunk's transients that the levels' waiting cut values may take together.
+CUT_VALUES_SHARE = 0.5
 
 
 @torch.compiler.assume_constant_result  # a shape computation: torch.compile runs it once, eagerly
-def _tail_start(plan: Plan, sample_shape: Tuple[int, ...], dtype: torch.dtype, batch: int, budget: int) -> int:
+def _levels(plan: Plan, sample_shape: Tuple[int, ...], dtype: torch.dtype, batch: int, chunk_size: int,
+            budget: int) -> Levels:
     per_step = plan.activation_bytes(sample_shape, dtype)
+    cuts = set(plan.cuts)
+    levels = [(0, chunk_size)]
+    waiting = 0  # bytes of the cut values the levels so far wait on
     for k in plan.cuts:
-        if batch * (2 * per_step[k] + TRANSIENT_ACTIVATIONS * max(per_step[k + 1:])) <= budget:
-            return k + 1
-    return -1
+        first, size = levels[-1]
+        if k < first or (k + 1 in cuts and per_step[k + 1] < per_step[k]):
+            # the last level's own cut or one before it; or a cut where a pooling step comes next,
+            # after which the values waiting there would be a quarter of the size
+            continue
+        per_sample = 2 * per_step[k] + TRANSIENT_ACTIVATIONS * max(per_step[k + 1:])
+        grown = size
+        while grown < batch:  # doubling: the chunks nest, and split the batch evenly
+            larger = min(2 * grown, batch)
+            if larger * per_sample > budget or waiting + larger * 2 * per_step[k] > CUT_VALUES_SHARE * budget:
+                break
+            grown = larger
+        if grown == size:
+            continue
+        waiting += grown * 2 * per_step[k]
+        levels.append((k + 1, grown))
+        if grown == batch:
+            break
+    return tuple(levels)
 
 
 def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: Sequence[torch.Tensor],
-            need_grad: bool, chunk_size: int, affine: Sequence[torch.Tensor] = (), tail_start: int = -1,
+            need_grad: bool, levels: Levels, affine: Sequence[torch.Tensor] = (),
             device_type: Optional[str] = None) -> Tuple[torch.Tensor, List[torch.Tensor], Forward]:
-    """The input pass, ``chunk_size`` samples at a time: (values (B,), saved tensors, :class:`Forward`);
-    exactly one of ``target_x`` (images, B or 1) and ``targets`` (prepared, one per head, B or 1).
-    ``affine``: () when ``x`` and ``target_x`` are network input, else the loss's (scale, shift) that
-    maps each chunk's images to it (:func:`perfloss.inputs.to_network`). ``tail_start`` (from
-    :func:`tail_start_for`; -1: none): the chunks stop there, each keeping its value at the cut, and
-    the steps from there on run once over the whole batch, its targets' with it. ``device_type``: the
-    device the pass is for (default ``x``'s; the fake kernel walks meta tensors for a CPU pass)."""
+    """The input pass: (values (B,), saved tensors, :class:`Forward`); exactly one of ``target_x``
+    (images, B or 1) and ``targets`` (prepared, one per head, B or 1). ``levels`` (from
+    :func:`levels_for`): each level walks its steps over chunks of its size, a deeper level's chunk
+    starting from the values at its first step that the level above's chunks of the same rows left
+    (the targets' as well). ``affine``: () when ``x`` and ``target_x`` are network input, else the
+    loss's (scale, shift) that maps each chunk's images to it (:func:`perfloss.inputs.to_network`).
+    ``device_type``: the device the pass is for (default ``x``'s; the fake kernel walks meta tensors
+    for a CPU pass)."""
     def network_input(images: torch.Tensor) -> torch.Tensor:
         return to_network(images, *affine) if affine else images
 
@@ -267,47 +303,57 @@ def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targe
     if split_target:
         target_x = target_x.detach().to(x.dtype)
         if target_x.shape[0] == 1:  # one target image serves every chunk: prepare it once
-            targets, target_x = prepared_targets(call, network_input(target_x))[0], None
-    if target_x is not None and not split_target:
-        tail_start = -1  # target images ride in the walk's batch: the chunks' rows are not the input's alone
-    head_stop = tail_start if tail_start > 0 else None
+            targets, target_x, split_target = prepared_targets(call, network_input(target_x))[0], None, False
+    rides = target_x is not None and not split_target
+    if rides and len(levels) > 1:
+        raise ValueError("lean forward: target images that ride in the chunks' batch allow one level only")
     run = Pass(call.plan.gm, need_grad)
     # (a copy: the lean_forward custom op may not return one of its inputs; three numbers)
     input_scale = run.save(affine[0].clone()) if affine and need_grad else None
-    values: List[torch.Tensor] = []
     chunks: List[Chunk] = []
-    cuts: List[torch.Tensor] = []
-    target_cuts: List[torch.Tensor] = []
-    for start in range(0, b, chunk_size):
-        stop = min(start + chunk_size, b)
+    total: Optional[torch.Tensor] = None  # (B,): each level's chunks add their rows' values
+
+    def walk_rows(level: int, start: int, stop: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Level ``level`` over rows [start, stop), after the level above over them: the values of the
+        input and of the target images at the next level's first step (None at the last level)."""
+        nonlocal total
+        first = levels[level][0]
+        end = levels[level + 1][0] if level + 1 < len(levels) else None
         rows = slice(start, stop)
-        chunk_target_x = None if target_x is None else target_x[rows] if target_x.shape[0] > 1 else target_x
-        if chunk_target_x is None:
-            chunk_targets = [t[rows] if t.shape[0] > 1 else t for t in targets]
-        elif split_target:
-            chunk_targets, target_cut = prepared_targets(call, network_input(chunk_target_x), stop=head_stop)
-            chunk_target_x = None
-            target_cuts.append(target_cut)
-        else:  # the target images go through the walk with the input chunk
-            chunk_targets, chunk_target_x = [], network_input(chunk_target_x)
+        chunk_targets: List[Optional[torch.Tensor]] = (
+            [] if target_x is not None else [t[rows] if t.shape[0] > 1 else t for t in targets])
+        inp = target_inp = target_cut = None
+        if level == 0:
+            inp = network_input(x[rows])
+            if target_x is not None:
+                target_inp = network_input(target_x[rows] if target_x.shape[0] > 1 else target_x)
+        else:  # the level above, chunk by chunk, its values at this level's first step gathered
+            above = levels[level - 1][1]
+            for s in range(start, stop, above):
+                part = slice(s - start, min(s + above, stop) - start)
+                cut, t_cut = walk_rows(level - 1, s, min(s + above, stop))
+                inp = write_rows(inp, part, cut, stop - start)
+                if t_cut is not None:
+                    target_inp = write_rows(target_inp, part, t_cut, stop - start)
+                del cut, t_cut
+        if split_target:
+            chunk_targets, target_cut = prepared_targets(call, target_inp, first, end)
+            target_inp = None
         run.keep = stop - start if need_grad else 0
-        v, steps, taps, cut = _forward_chunk(call, network_input(x[rows]), chunk_target_x, chunk_targets, run,
-                                             stop=head_stop)
-        values.append(v)
-        chunks.append(Chunk(start, stop, 0, steps, taps))
-        cuts.append(cut)
-    total = values[0] if len(values) == 1 or values[0] is None else torch.cat(values)
-    if head_stop is not None:  # (each list is emptied once joined: its chunks' tensors go before the walk)
-        if target_cuts:
-            target_cut = torch.cat(target_cuts)
-            target_cuts.clear()
-            targets = prepared_targets(call, target_cut, first=head_stop)[0]
-            del target_cut
-        cut = torch.cat(cuts)
-        cuts.clear()
-        run.keep = b if need_grad else 0
-        total, steps, taps, _ = _forward_chunk(call, cut, None, list(targets), run, first=head_stop, total=total)
-        chunks.append(Chunk(0, b, head_stop, steps, taps))
+        rows_total, steps, taps, cut = _forward_chunk(call, inp, target_inp, chunk_targets, run, first, end,
+                                                      None if total is None else total[rows])
+        chunks.append(Chunk(start, stop, first, steps, taps))
+        if rows_total is not None and stop - start == b:
+            total = rows_total
+        elif rows_total is not None:
+            if total is None:  # the first values: rows not walked yet start from zero (0 + v is v exactly)
+                total = rows_total.new_zeros(b)
+            total[rows] = rows_total
+        return cut, target_cut
+
+    top = len(levels) - 1
+    for start in range(0, b, levels[top][1]):
+        walk_rows(top, start, min(start + levels[top][1], b))
     return total, run.saved, Forward(chunks, tuple(x.shape), x.dtype, run.held, input_scale)
 
 
@@ -343,31 +389,45 @@ def _forward_chunk(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor]
 
 
 def backward(plan: Plan, fwd: Forward, saved: Sequence[torch.Tensor], grad_values: torch.Tensor):
-    """The gradient to the input of the forward that made ``fwd`` and ``saved``, for ``grad_values`` (B,):
-    the tail's steps first (the whole batch), then the head's chunk by chunk."""
-    chunks = fwd.chunks
-    cut_grad = None
-    if chunks[-1].first > 0:
-        tail, chunks = chunks[-1], chunks[:-1]
-        cut_grad = _backward_chunk(plan, tail, saved, grad_values, {}).get(entry_name(plan, tail.first))
-        cut_name = entry_name(plan, tail.first)
+    """The gradient to the input of the forward that made ``fwd`` and ``saved``, for ``grad_values``
+    (B,): the chunks in the reverse of the forward's order, so that each deeper level's chunk comes
+    before the level above's chunks of its rows, which start from its gradient at its first step."""
+    at_cut: Dict[int, Tuple[int, Optional[torch.Tensor]]] = {}  # by a level's first step: (row, its chunk's gradient)
     gx = None
-    for chunk in chunks:
-        seed = {} if cut_grad is None else {cut_name: cut_grad[chunk.start:chunk.stop]}
-        g = _backward_chunk(plan, chunk, saved, grad_values[chunk.start:chunk.stop], seed).get(plan.input_name)
+    for chunk in reversed(fwd.chunks):
+        at_cut.pop(chunk.first, None)  # the previous chunk of this level: its rows are done
+        rows = slice(chunk.start, chunk.stop)
+        seed = {}
+        end = chunk.first + len(chunk.steps)
+        if end in at_cut and at_cut[end][1] is not None:
+            row, g_cut = at_cut[end]
+            seed = {entry_name(plan, end): g_cut[chunk.start - row:chunk.stop - row]}
+        g = _backward_chunk(plan, chunk, saved, grad_values[rows], seed).get(entry_name(plan, chunk.first))
+        if chunk.first > 0:
+            at_cut[chunk.first] = (chunk.start, g)
+            continue
         if g is None:  # nothing reaches the input
             return None
         if fwd.input_scale is not None:  # back through to_network: the affine's scale, then the replication
             g = g * saved[fwd.input_scale].to(g.dtype)
             if fwd.x_shape[1] == 1:
                 g = g.sum(1, keepdim=True)
-        if len(chunks) == 1:
-            return g.to(fwd.x_dtype)
-        if gx is None:  # written chunk by chunk: no list of chunk gradients, no concatenated copy
-            gx = torch.empty(fwd.x_shape, dtype=fwd.x_dtype, device=g.device,
-                             memory_format=memory_format_of(work_channels_last(g)))
-        gx[chunk.start:chunk.stop] = g
+        gx = write_rows(gx, rows, g, fwd.x_shape[0], fwd.x_dtype)
     return gx
+
+
+def write_rows(whole: Optional[torch.Tensor], rows: slice, part: torch.Tensor, batch: int,
+               dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``part`` written as ``rows`` of ``whole``, a tensor of ``batch`` rows made at the first chunk (in
+    ``part``'s memory order, of ``dtype`` or ``part``'s): a whole batch's tensor put together chunk by
+    chunk, with no list of the chunks' tensors and no concatenated copy of them."""
+    if whole is None and part.shape[0] == batch:  # one chunk: the whole batch as it is
+        return part if dtype is None else part.to(dtype)
+    if whole is None:
+        whole = torch.empty((batch,) + tuple(part.shape[1:]), dtype=dtype or part.dtype, device=part.device,
+                            memory_format=memory_format_of(work_channels_last(part)))
+    whole[rows] = part
+    return whole
 
 
 def _backward_chunk(plan: Plan, chunk: Chunk, saved: Sequence[torch.Tensor], grad_values: torch.Tensor,
