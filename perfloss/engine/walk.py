@@ -53,6 +53,9 @@ TRANSIENT_ACTIVATIONS = 3
 # Four when each sample's target image rides in the chunk (devices outside SPLIT_TARGET_PASS_DEVICES):
 # the two images' inputs and outputs of that step in forward.
 RIDING_TARGET_ACTIVATIONS = 4
+# What the values at the cuts that the deeper levels of the walk wait on (:func:`levels_for`) may take
+# together, as a share of one first-level chunk's transients.
+CUT_VALUES_SHARE = 0.5
 
 
 def check_chunk_size(chunk_size) -> None:
@@ -249,10 +252,6 @@ def levels_for(plan: Plan, x: torch.Tensor, chunk_size: int, affine: Sequence = 
     sample_shape = _network_sample_shape(x, affine)
     budget = chunk_size * TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, sample_shape, x.dtype)
     return _levels(plan, sample_shape, x.dtype, b, chunk_size, budget)
-
-
-# The share of one first-level chunk's transients that the levels' waiting cut values may take together.
-CUT_VALUES_SHARE = 0.5
 
 
 @torch.compiler.assume_constant_result  # a shape computation: torch.compile runs it once, eagerly
