@@ -294,66 +294,81 @@ def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targe
     loss's (scale, shift) that maps each chunk's images to it (:func:`perfloss.inputs.to_network`).
     ``device_type``: the device the pass is for (default ``x``'s; the fake kernel walks meta tensors
     for a CPU pass)."""
-    def network_input(images: torch.Tensor) -> torch.Tensor:
-        return to_network(images, *affine) if affine else images
-
     b = x.shape[0]
     split_target = target_x is not None and (device_type or x.device.type) in SPLIT_TARGET_PASS_DEVICES
     if split_target:
         target_x = target_x.detach().to(x.dtype)
         if target_x.shape[0] == 1:  # one target image serves every chunk: prepare it once
-            targets, target_x, split_target = prepared_targets(call, network_input(target_x))[0], None, False
+            targets = prepared_targets(call, _network_input(target_x, affine))[0]
+            target_x, split_target = None, False
     rides = target_x is not None and not split_target
     if rides and len(levels) > 1:
         raise ValueError("lean forward: target images that ride in the chunks' batch allow one level only")
     run = Pass(call.plan.gm, need_grad)
     # (a copy: the lean_forward custom op may not return one of its inputs; three numbers)
     input_scale = run.save(affine[0].clone()) if affine and need_grad else None
-    chunks: List[Chunk] = []
-    total: Optional[torch.Tensor] = None  # (B,): each level's chunks add their rows' values
+    walk_levels = _LevelWalk(call, x, target_x, targets, split_target, levels, affine, run)
+    top = len(levels) - 1
+    for start in range(0, b, levels[top][1]):
+        walk_levels.rows(top, start, min(start + levels[top][1], b))
+    return walk_levels.total, run.saved, Forward(walk_levels.chunks, tuple(x.shape), x.dtype, run.held, input_scale)
 
-    def walk_rows(level: int, start: int, stop: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+
+def _network_input(images: torch.Tensor, affine: Sequence[torch.Tensor]) -> torch.Tensor:
+    return to_network(images, *affine) if affine else images
+
+
+class _LevelWalk:
+    """The input pass over its levels (see :func:`forward`): the chunks it walked, in order, and the
+    values (B,) each level's chunks add to, row by row. (A class, not a recursive closure: a closure
+    that calls itself is a reference cycle, which would keep the pass's tensors alive until the
+    garbage collector ran.)"""
+
+    def __init__(self, call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor],
+                 targets: Sequence[torch.Tensor], split_target: bool, levels: Levels,
+                 affine: Sequence[torch.Tensor], run: Pass):
+        self.call, self.x, self.target_x, self.targets = call, x, target_x, targets
+        self.split_target, self.levels, self.affine, self.run = split_target, levels, affine, run
+        self.chunks: List[Chunk] = []
+        self.total: Optional[torch.Tensor] = None
+
+    def rows(self, level: int, start: int, stop: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Level ``level`` over rows [start, stop), after the level above over them: the values of the
         input and of the target images at the next level's first step (None at the last level)."""
-        nonlocal total
+        levels, target_x, b = self.levels, self.target_x, self.x.shape[0]
         first = levels[level][0]
         end = levels[level + 1][0] if level + 1 < len(levels) else None
-        rows = slice(start, stop)
+        part = slice(start, stop)
         chunk_targets: List[Optional[torch.Tensor]] = (
-            [] if target_x is not None else [t[rows] if t.shape[0] > 1 else t for t in targets])
+            [] if target_x is not None else [t[part] if t.shape[0] > 1 else t for t in self.targets])
         inp = target_inp = target_cut = None
         if level == 0:
-            inp = network_input(x[rows])
+            inp = _network_input(self.x[part], self.affine)
             if target_x is not None:
-                target_inp = network_input(target_x[rows] if target_x.shape[0] > 1 else target_x)
+                target_inp = _network_input(target_x[part] if target_x.shape[0] > 1 else target_x, self.affine)
         else:  # the level above, chunk by chunk, its values at this level's first step gathered
             above = levels[level - 1][1]
             for s in range(start, stop, above):
-                part = slice(s - start, min(s + above, stop) - start)
-                cut, t_cut = walk_rows(level - 1, s, min(s + above, stop))
-                inp = write_rows(inp, part, cut, stop - start)
+                rows = slice(s - start, min(s + above, stop) - start)
+                cut, t_cut = self.rows(level - 1, s, min(s + above, stop))
+                inp = write_rows(inp, rows, cut, stop - start)
                 if t_cut is not None:
-                    target_inp = write_rows(target_inp, part, t_cut, stop - start)
+                    target_inp = write_rows(target_inp, rows, t_cut, stop - start)
                 del cut, t_cut
-        if split_target:
-            chunk_targets, target_cut = prepared_targets(call, target_inp, first, end)
+        if self.split_target:
+            chunk_targets, target_cut = prepared_targets(self.call, target_inp, first, end)
             target_inp = None
-        run.keep = stop - start if need_grad else 0
-        rows_total, steps, taps, cut = _forward_chunk(call, inp, target_inp, chunk_targets, run, first, end,
-                                                      None if total is None else total[rows])
-        chunks.append(Chunk(start, stop, first, steps, taps))
-        if rows_total is not None and stop - start == b:
-            total = rows_total
-        elif rows_total is not None:
-            if total is None:  # the first values: rows not walked yet start from zero (0 + v is v exactly)
-                total = rows_total.new_zeros(b)
-            total[rows] = rows_total
+        self.run.keep = stop - start if self.run.keeping else 0
+        part_total, steps, taps, cut = _forward_chunk(self.call, inp, target_inp, chunk_targets, self.run, first,
+                                                      end, None if self.total is None else self.total[part])
+        self.chunks.append(Chunk(start, stop, first, steps, taps))
+        if part_total is not None and stop - start == b:
+            self.total = part_total
+        elif part_total is not None:
+            if self.total is None:  # the first values: rows not walked yet start from zero (0 + v is v exactly)
+                self.total = part_total.new_zeros(b)
+            self.total[part] = part_total
         return cut, target_cut
-
-    top = len(levels) - 1
-    for start in range(0, b, levels[top][1]):
-        walk_rows(top, start, min(start + levels[top][1], b))
-    return total, run.saved, Forward(chunks, tuple(x.shape), x.dtype, run.held, input_scale)
 
 
 def _forward_chunk(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targets: List[torch.Tensor],
