@@ -74,13 +74,17 @@ def chunk_size_for(plan: Plan, x: torch.Tensor, memory_budget: Optional[int] = N
     :func:`forward`."""
     if memory_budget is None:
         memory_budget = MEMORY_BUDGETS.get(x.device.type, MEMORY_BUDGETS["cuda"])
-    target_rides = (target_x is not None and target_x.shape[0] == x.shape[0]
-                    and x.device.type not in SPLIT_TARGET_PASS_DEVICES)
+    target_rides = _target_rides(target_x, x.device.type) and target_x.shape[0] == x.shape[0]
     activations = RIDING_TARGET_ACTIVATIONS if target_rides else TRANSIENT_ACTIVATIONS
     per_sample = activations * _widest_activation_bytes(plan, _network_sample_shape(x, affine), x.dtype)
     batch = x.shape[0]
     chunks = -(-batch // max(1, memory_budget // per_sample))
     return -(-batch // chunks)
+
+
+def _target_rides(target_x: Optional[torch.Tensor], device_type: str) -> bool:
+    """Whether target images go through the walk in the chunks' batch, not in a pass of their own."""
+    return target_x is not None and device_type not in SPLIT_TARGET_PASS_DEVICES
 
 
 def _network_sample_shape(x: torch.Tensor, affine: Sequence) -> Tuple[int, ...]:
@@ -246,8 +250,7 @@ def levels_for(plan: Plan, x: torch.Tensor, chunk_size: int, affine: Sequence = 
     chunks' batch (devices outside SPLIT_TARGET_PASS_DEVICES: the chunks' rows are not the input's
     alone)."""
     b = x.shape[0]
-    rides = target_x is not None and x.device.type not in SPLIT_TARGET_PASS_DEVICES
-    if chunk_size >= b or rides:
+    if chunk_size >= b or _target_rides(target_x, x.device.type):
         return ((0, min(chunk_size, b)),)
     sample_shape = _network_sample_shape(x, affine)
     budget = chunk_size * TRANSIENT_ACTIVATIONS * _widest_activation_bytes(plan, sample_shape, x.dtype)
@@ -269,7 +272,7 @@ def _levels(plan: Plan, sample_shape: Tuple[int, ...], dtype: torch.dtype, batch
             continue
         per_sample = 2 * per_step[k] + TRANSIENT_ACTIVATIONS * max(per_step[k + 1:])
         grown = size
-        while grown < batch:  # doubling: the chunks nest, and split the batch evenly
+        while grown < batch:  # doubling, so that each chunk is whole chunks of the level above
             larger = min(2 * grown, batch)
             if larger * per_sample > budget or waiting + larger * 2 * per_step[k] > CUT_VALUES_SHARE * budget:
                 break
@@ -295,7 +298,7 @@ def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targe
     ``device_type``: the device the pass is for (default ``x``'s; the fake kernel walks meta tensors
     for a CPU pass)."""
     b = x.shape[0]
-    split_target = target_x is not None and (device_type or x.device.type) in SPLIT_TARGET_PASS_DEVICES
+    split_target = target_x is not None and not _target_rides(target_x, device_type or x.device.type)
     if split_target:
         target_x = target_x.detach().to(x.dtype)
         if target_x.shape[0] == 1:  # one target image serves every chunk: prepare it once
