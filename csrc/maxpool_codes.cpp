@@ -35,34 +35,59 @@ inline void pool2x2_one(const scalar_t* r0, const scalar_t* r1, scalar_t* y, uin
 }
 
 #ifdef PERFLOSS_X86_SIMD
+// pool2x2_one's ordered compare-and-select (greater or NaN) over 8 windows' four values a, b, c, d
+// (row-major window order): each lane's maximum and its code (as floats 0..3).
+__attribute__((target("avx2"))) inline void max4_avx2(__m256 a, __m256 b, __m256 c, __m256 d, __m256& best, __m256& k) {
+  best = a;
+  k = _mm256_setzero_ps();
+  const __m256 position[3] = {_mm256_set1_ps(1.f), _mm256_set1_ps(2.f), _mm256_set1_ps(3.f)};
+  const __m256 next[3] = {b, c, d};
+  for (int j = 0; j < 3; ++j) {
+    const __m256 m = _mm256_or_ps(_mm256_cmp_ps(next[j], best, _CMP_GT_OQ), _mm256_cmp_ps(next[j], next[j], _CMP_UNORD_Q));
+    best = _mm256_blendv_ps(best, next[j], m);
+    k = _mm256_blendv_ps(k, position[j], m);
+  }
+}
+
+// 8 codes (int32 lanes 0..3) stored as 8 bytes.
+__attribute__((target("avx2"))) inline void store_codes_avx2(__m256i k, uint8_t* code) {
+  const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(k), _mm256_extracti128_si256(k, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(code), _mm_packus_epi16(k16, k16));
+}
+
 // fp32, 8 outputs per step: deinterleave the even / odd columns of both rows, then the same ordered
 // compare-and-select as pool2x2_one (GT or NaN). Returns the first column it did not do.
 __attribute__((target("avx2"))) int64_t pool2x2_row_f32_avx2(const float* r0, const float* r1, float* y,
                                                              uint8_t* code, int64_t ow, int64_t ow_end) {
-  const __m256 one = _mm256_set1_ps(1.f), two = _mm256_set1_ps(2.f), three = _mm256_set1_ps(3.f);
   for (; ow + 8 <= ow_end; ow += 8) {
     const __m256 p0 = _mm256_loadu_ps(r0 + 2 * ow), p1 = _mm256_loadu_ps(r0 + 2 * ow + 8);
     const __m256 q0 = _mm256_loadu_ps(r1 + 2 * ow), q1 = _mm256_loadu_ps(r1 + 2 * ow + 8);
     // lanes in order 0 1 4 5 2 3 6 7 (fixed once at the end)
     const __m256 a = _mm256_shuffle_ps(p0, p1, 0x88), b = _mm256_shuffle_ps(p0, p1, 0xDD);
     const __m256 c = _mm256_shuffle_ps(q0, q1, 0x88), d = _mm256_shuffle_ps(q0, q1, 0xDD);
-    __m256 best = a, k = _mm256_setzero_ps();
-    __m256 m = _mm256_or_ps(_mm256_cmp_ps(b, best, _CMP_GT_OQ), _mm256_cmp_ps(b, b, _CMP_UNORD_Q));
-    best = _mm256_blendv_ps(best, b, m);
-    k = _mm256_blendv_ps(k, one, m);
-    m = _mm256_or_ps(_mm256_cmp_ps(c, best, _CMP_GT_OQ), _mm256_cmp_ps(c, c, _CMP_UNORD_Q));
-    best = _mm256_blendv_ps(best, c, m);
-    k = _mm256_blendv_ps(k, two, m);
-    m = _mm256_or_ps(_mm256_cmp_ps(d, best, _CMP_GT_OQ), _mm256_cmp_ps(d, d, _CMP_UNORD_Q));
-    best = _mm256_blendv_ps(best, d, m);
-    k = _mm256_blendv_ps(k, three, m);
+    __m256 best, k;
+    max4_avx2(a, b, c, d, best, k);
     best = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(best), 0xD8));
-    const __m256i ki = _mm256_permute4x64_epi64(_mm256_cvttps_epi32(k), 0xD8);
     _mm256_storeu_ps(y + ow, best);
-    const __m128i k16 = _mm_packs_epi32(_mm256_castsi256_si128(ki), _mm256_extracti128_si256(ki, 1));
-    _mm_storel_epi64(reinterpret_cast<__m128i*>(code + ow), _mm_packus_epi16(k16, k16));
+    store_codes_avx2(_mm256_permute4x64_epi64(_mm256_cvttps_epi32(k), 0xD8), code + ow);
   }
   return ow;
+}
+
+// fp32 windows of one output position in channels_last: the four window positions' channel runs
+// p00, p01, p10, p11 (row-major window order), 8 channels per step. Returns the first channel it did
+// not do.
+__attribute__((target("avx2"))) int64_t pool2x2_channels_f32_avx2(const float* p00, const float* p01, const float* p10,
+                                                                  const float* p11, float* y, uint8_t* code, int64_t C) {
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    __m256 best, k;
+    max4_avx2(_mm256_loadu_ps(p00 + c), _mm256_loadu_ps(p01 + c), _mm256_loadu_ps(p10 + c), _mm256_loadu_ps(p11 + c),
+              best, k);
+    _mm256_storeu_ps(y + c, best);
+    store_codes_avx2(_mm256_cvttps_epi32(k), code + c);
+  }
+  return c;
 }
 
 // fp32 un-routing of one output row of 2x2 / stride 2 windows (contiguous grad row): 8 windows per
@@ -205,6 +230,61 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_cpu(const at::Tensor& x, at::In
         run(b0 * 4, std::min(b1 * 4, n_keep), cptr);
       });
       at::parallel_for(n_keep, n_all, kGrain, [&](int64_t e0, int64_t e1) { run(e0, e1, nullptr); });
+      return;
+    }
+    if (cl) {
+      // channels_last: walk the output in its memory order, a row (b, oh) at a time, channels innermost
+      // (the NCHW walk below would stride by C through the input: 9x slower at VGG's first pool). A
+      // window position holds C contiguous values, so a 2x2 / stride 2 window takes its channel run 8
+      // at a time (AVX2, fp32); other windows and the edge go one by one. Each row's codes gather in a
+      // row buffer (ow, c), go transposed into an unpacked NCHW-order buffer (n_keep bytes for the op's
+      // duration, a quarter of fp32 y's kept rows), then all are packed.
+      const bool window2x2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
+                             g.dh == 1 && g.dw == 1 && xs1 == 1 && ys1 == 1;
+      at::Tensor unpacked = at::empty({n_keep}, codes.options());
+      uint8_t* u = unpacked.mutable_data_ptr<uint8_t>();
+      at::parallel_for(0, B * OH, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, OW * C)), [&](int64_t r0, int64_t r1) {
+        std::vector<uint8_t> rowcodes(OW * C);
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = r / OH, oh = r % OH;
+          const int64_t full_ow = window2x2 && 2 * oh + 1 < H ? std::min(OW, W / 2) : 0;
+          for (int64_t ow = 0; ow < full_ow; ++ow) {
+            const scalar_t* p00 = src + b * xs0 + 2 * oh * xs2 + 2 * ow * xs3;
+            const scalar_t* p01 = p00 + xs3;
+            const scalar_t* p10 = p00 + xs2;
+            const scalar_t* p11 = p10 + xs3;
+            scalar_t* yp = dst + b * ys0 + oh * ys2 + ow * ys3;
+            uint8_t* kp = rowcodes.data() + ow * C;
+            int64_t c = 0;
+#ifdef PERFLOSS_X86_SIMD
+            if (std::is_same_v<scalar_t, float> && use_avx2())  // (casts only run for float)
+              c = pool2x2_channels_f32_avx2(reinterpret_cast<const float*>(p00), reinterpret_cast<const float*>(p01),
+                                            reinterpret_cast<const float*>(p10), reinterpret_cast<const float*>(p11),
+                                            reinterpret_cast<float*>(yp), kp, C);
+#endif
+            for (; c < C; ++c) {  // pool2x2_one's rule, per channel
+              const scalar_t row0[2] = {p00[c], p01[c]}, row1[2] = {p10[c], p11[c]};
+              pool2x2_one(row0, row1, yp + c, kp + c, 0);
+            }
+          }
+          for (int64_t ow = full_ow; ow < OW; ++ow)
+            for (int64_t c = 0; c < C; ++c) rowcodes[ow * C + c] = pool_one(b, c, oh, ow);
+          if (b < keep) {
+            for (int64_t c = 0; c < C; ++c) {
+              uint8_t* urow = u + ((b * C + c) * OH + oh) * OW;
+              for (int64_t ow = 0; ow < OW; ++ow) urow[ow] = rowcodes[ow * C + c];
+            }
+          }
+        }
+      });
+      at::parallel_for(0, n_bytes, kGrain, [&](int64_t b0, int64_t b1) {
+        for (int64_t byte = b0; byte < b1; ++byte) {
+          uint8_t packed = 0;
+          const int64_t e0 = byte * per, e1 = std::min(e0 + per, n_keep);
+          for (int64_t e = e0; e < e1; ++e) packed |= static_cast<uint8_t>(u[e] << ((e - e0) * bits));
+          cptr[byte] = packed;
+        }
+      });
       return;
     }
     at::parallel_for(0, n_bytes, std::max<int64_t>(1, kGrain / 16), [&](int64_t b0, int64_t b1) {

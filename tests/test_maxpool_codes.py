@@ -51,16 +51,20 @@ def test_maxpool_codes_match_eager(impl, cfg, channels_last, ties):
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", [False, True])
-def test_maxpool_2x2_fast_path_matches_eager(hw, ceil_mode, dtype, ties):
-    """VGG's 2x2 / stride 2 pool (specialised, vectorised for fp32): values, codes (vs the reference,
-    NaN and ties included) and the un-routing (vs autograd) exact, with odd sizes and ceil_mode."""
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_maxpool_2x2_fast_path_matches_eager(hw, ceil_mode, dtype, ties, channels_last):
+    """VGG's 2x2 / stride 2 pool (specialised, vectorised for fp32; channels_last walked in its own
+    memory order): values, codes (vs the reference, NaN and ties included) and the un-routing (vs
+    autograd) exact, with odd sizes and ceil_mode."""
     torch.manual_seed(0)
-    b, c = 3, 5
+    b, c = 3, 11  # channels_last: one 8-channel vector step and a tail
     x = torch.randn(b, c, *hw, dtype=dtype)
     if ties:
         x = torch.randint(-2, 2, x.shape).to(dtype)
     x.view(-1)[3::29] = float("nan")
     x.view(-1)[5::31] = float("-inf")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     for keep in (0, 1, b):
         y, codes = maxpool_codes(x, 2, 2, 0, 1, ceil_mode, keep=keep)
         ref = F.max_pool2d(x, 2, 2, 0, 1, ceil_mode)

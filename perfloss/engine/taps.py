@@ -60,6 +60,8 @@ def _largest_magnitude(g: torch.Tensor) -> torch.Tensor:
     """max |g|: the sign tap's scale, exactly what the head wrote. One aminmax pass, no |g| temporary:
     on CPU it is 20x faster than the inf-norm reduction (60 us against 1.4 ms for 1M fp32 elements,
     2 threads), which cost 1.4% of a VGG-19 five-tap L1 step."""
+    if work_channels_last(g):  # its dims in memory order: a contiguous view, which aminmax reads uncopied
+        g = g.permute(0, 2, 3, 1)
     smallest, largest = torch.aminmax(g)
     return torch.maximum(-smallest, largest)
 
