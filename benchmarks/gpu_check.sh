@@ -14,8 +14,8 @@
 # 1. the CUDA-marked tests: every op on its C++ CUDA kernel, Triton and the reference; the benchmark
 #    losses lean against eager and float64 on each implementation; torch.compile; PGN CUDA graphs;
 # 2. issue 9's GPU item at 256x256 batch 16, fp32 and bf16 autocast: the peak-memory sweep (with the lean
-#    engine at several chunk sizes, to tune its CUDA memory budget, and on the C++ CUDA kernels in place
-#    of Triton's) and the training step;
+#    engine at several chunk sizes, to tune its CUDA memory budget; with the target images in a pass of
+#    their own; and on the C++ CUDA kernels in place of Triton's) and the training step;
 # 3. C++ CUDA vs Triton vs eager (and torch.compile) per loss op: benchmarks/loss_ops_gpu.py;
 # 4. the ops' C++ CUDA tests under compute-sanitizer memcheck;
 # 5. perfloss bench (every engine, torch.compile too), the PGN benchmark, the > 2^31-element tests.
@@ -87,9 +87,12 @@ cat "$out/backend_info.json"
 step tests_cuda 240 "${tests[@]}" "$py" -m pytest . -m cuda -q -p no:cacheprovider --timeout 120 -n 16 -rf --tb=short
 
 sweep=("$py" benchmarks/peak_batch_sweep.py --device cuda --size 256 --batches 16 --repeat 5)
-step peak_sweep_fp32 90 "${sweep[@]}" --engines eager lean lean:2 lean:4 lean:8 lean:16 checkpoint \
+step peak_sweep_fp32 90 "${sweep[@]}" --engines eager lean lean:1 lean:2 lean:4 lean:8 lean:16 checkpoint \
   --out "$out/peak_batch_sweep_cuda"
-step peak_sweep_bf16 60 "${sweep[@]}" --engines eager lean lean:4 checkpoint --autocast bfloat16 \
+# the target images in a pass of their own with deeper levels (CPUs' way) against riding in the chunk
+step peak_sweep_fp32_split 45 "${sweep[@]}" --engines eager lean:1 lean:2 lean:4 --target-pass split \
+  --out "$out/peak_batch_sweep_cuda_split_target_pass"
+step peak_sweep_bf16 60 "${sweep[@]}" --engines eager lean lean:1 lean:4 checkpoint --autocast bfloat16 \
   --out "$out/peak_batch_sweep_cuda_autocast_bfloat16"
 step peak_sweep_fp32_cpp 40 env PERFLOSS_IMPL=cpp "${sweep[@]}" --engines lean \
   --out "$out/peak_batch_sweep_cuda_cpp_kernels"  # the lean engine on the C++ CUDA kernels, against Triton's above

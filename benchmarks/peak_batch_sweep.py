@@ -1,6 +1,7 @@
 """Peak memory and time of one loss forward+backward step against batch size, per engine.
 
     python benchmarks/peak_batch_sweep.py [--device cpu] [--threads 2] [--autocast bfloat16]
+                                          [--target-pass split|ride]
 
 Losses (random weights: memory and time do not depend on them; images in [0, 1]):
   content  VGG-16 relu2_2 MSE            PerceptualLoss("vgg16", ["relu2_2"])
@@ -10,6 +11,12 @@ Losses (random weights: memory and time do not depend on them; images in [0, 1])
 Engines: eager, lean (default chunking: chunk from its memory budget), lean:N (lean in chunks of N
 samples, to tune the budget), checkpoint (torch.utils.checkpoint of the backbone), compile
 (torch.compile of the eager loss).
+
+--target-pass, to compare the lean walk's two ways with target images on one device: ``split`` (their
+own no_grad pass, chunk by chunk, and the deeper levels of perfloss.engine.walk.levels_for: CPUs'
+default) or ``ride`` (in each chunk's batch with its input images, one level: GPUs' default). On a CPU,
+``ride`` with lean:N gives the peak of the CUDA schedule in chunks of N (the allocators differ, and
+cuDNN's workspaces are not modelled).
 
 For each loss and batch, every engine's step is warmed up (compile compiles there), then timed
 once as a guard: a step over --max-seconds-per-step is skipped, and so are that loss and engine at
@@ -26,7 +33,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from perfloss import bench, plots
-from perfloss.engine import memory, plan_for
+from perfloss.engine import memory, plan_for, walk
 
 import _timing  # benchmarks/_timing.py, next to this script
 
@@ -41,6 +48,9 @@ ENGINES = ("eager", "lean", "checkpoint", "compile")
 BATCHES = (1, 2, 4, 8, 16, 32)
 QUICK = dict(size=32, batches=(1, 2), repeat=1)
 AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+TARGET_PASSES = ("split", "ride")
+TARGET_PASS_WORDS = {"split": "a no_grad pass of their own per chunk, deeper levels in larger chunks",
+                     "ride": "in each chunk's batch with its input images, one level"}
 
 
 def autocast_context(device: torch.device, dtype_name: Optional[str]):
@@ -60,6 +70,20 @@ def engine_name(text: str) -> str:
     if text in ENGINES or (kind == "lean" and chunk.isdigit() and int(chunk) >= 1):
         return text
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(ENGINES)} or lean:N with N >= 1, got {text!r}")
+
+
+@contextlib.contextmanager
+def target_pass(device: torch.device, way: Optional[str]):
+    """Inside, the lean walk on ``device`` runs target images as ``way`` says (None: its default way);
+    yields the way it runs them."""
+    default = walk.SPLIT_TARGET_PASS_DEVICES
+    others = tuple(d for d in default if d != device.type)
+    if way is not None:
+        walk.SPLIT_TARGET_PASS_DEVICES = others + ((device.type,) if way == "split" else ())
+    try:
+        yield "split" if device.type in walk.SPLIT_TARGET_PASS_DEVICES else "ride"
+    finally:
+        walk.SPLIT_TARGET_PASS_DEVICES = default
 
 
 def build_loss(name: str, engine: str, size: int, device: torch.device) -> torch.nn.Module:
@@ -125,7 +149,7 @@ def sweep(args, device: torch.device) -> List[Dict]:
             for engine in args.engines:
                 measured = engine in steps
                 rows.append({"loss": name, "engine": engine, "batch": batch, "size": args.size,
-                             "precision": precision_label(args.autocast),
+                             "precision": precision_label(args.autocast), "target_pass": args.target_pass,
                              "peak_mib": _timing.peak_mib(steps[engine], device) if measured else None,
                              "median_ms": times.get(engine), "note": notes.get(engine, ""),
                              "held_per_sample_mib": held if engine == "lean" else None})
@@ -159,23 +183,25 @@ def _lookup(rows: List[Dict]) -> Dict[Tuple[str, str, int], Dict]:
 
 
 def markdown(rows: List[Dict], args) -> str:
-    """Per loss: peak MiB and median ms per engine against batch, eager/lean peak, lean/eager time."""
+    """Per loss: peak MiB and median ms per engine against batch; with eager, each lean engine's peak and
+    time against eager's."""
     by_key = _lookup(rows)
-    with_ratios = {"eager", "lean"} <= set(args.engines)
+    # each lean engine (lean, lean:N) against eager
+    leans = [e for e in args.engines if e.partition(":")[0] == "lean"] if "eager" in args.engines else []
     sections = [(f"# Peak memory and median time of one loss forward+backward, {args.size}x{args.size}, "
-                 f"{precision_label(args.autocast)}, random weights (median of {args.repeat})")]
+                 f"{precision_label(args.autocast)}, random weights (median of {args.repeat})\n\n"
+                 f"Lean's target images: {TARGET_PASS_WORDS[args.target_pass]}.")]
     for name in args.losses:
         header = (["batch"] + [f"{e} peak MiB" for e in args.engines] + [f"{e} ms" for e in args.engines]
-                  + (["eager/lean peak", "lean/eager time"] if with_ratios else []))
+                  + [f"eager/{e} peak" for e in leans] + [f"{e}/eager time" for e in leans])
         table = []
         for batch in args.batches:
             cells = [by_key[(name, e, batch)] for e in args.engines]
             row = ([batch] + [_timing.number(c["peak_mib"]) for c in cells]
                    + [_timing.number(c["median_ms"]) for c in cells])
-            if with_ratios:
-                eager, lean = by_key[(name, "eager", batch)], by_key[(name, "lean", batch)]
-                row += [_timing.ratio(eager["peak_mib"], lean["peak_mib"]),
-                        _timing.ratio(lean["median_ms"], eager["median_ms"])]
+            eager = by_key[(name, "eager", batch)] if leans else None
+            row += [_timing.ratio(eager["peak_mib"], by_key[(name, e, batch)]["peak_mib"]) for e in leans]
+            row += [_timing.ratio(by_key[(name, e, batch)]["median_ms"], eager["median_ms"]) for e in leans]
             table.append(row)
         notes = sorted({f"{r['engine']}: {r['note']}" for r in rows if r["loss"] == name and r["note"]})
         growth = growth_line(rows, name, list(args.batches)) if "lean" in args.engines else ""
@@ -211,6 +237,8 @@ def parse_args(argv: Optional[List[str]]):
     p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on CUDA)")
     p.add_argument("--repeat", type=int, help="timed rounds per configuration (default 5)")
     p.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), help="run each forward under torch.autocast")
+    p.add_argument("--target-pass", choices=TARGET_PASSES,
+                   help="how lean runs target images (default: the device's way; see above)")
     p.add_argument("--max-seconds-per-step", type=float, default=30.0,
                    help="skip a configuration (and its larger batches) whose step takes longer (default 30)")
     _timing.add_machine_arguments(p, "benchmarks/results/peak_batch_sweep_<device>[_autocast_<dtype>]")
@@ -231,7 +259,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.out or f"{_timing.RESULTS}/peak_batch_sweep_{device.type}{suffix}"
 
     env = _timing.environment(device, __file__, argv)
-    rows = sweep(args, device)
+    with target_pass(device, args.target_pass) as args.target_pass:
+        rows = sweep(args, device)
     text = markdown(rows, args)
     print(text)
     paths = _timing.write_results(out, env, rows, text)

@@ -41,6 +41,31 @@ def test_peak_batch_sweep_quick(one_thread, benchmark_script, tmp_path):
         assert "eager/lean peak" in f.read()
 
 
+def test_peak_batch_sweep_target_pass_ride(one_thread, benchmark_script, tmp_path):
+    """--target-pass ride runs CUDA's schedule on a CPU: one level, target images in the chunk's batch,
+    whose transients (four activations per sample, not three) take the larger chunk's peak; the walk's
+    default comes back after."""
+    pytest.importorskip("matplotlib")
+    from perfloss.engine import walk
+
+    sweep = benchmark_script("peak_batch_sweep")
+    default = walk.SPLIT_TARGET_PASS_DEVICES
+    peaks = {}
+    for way in ("split", "ride"):
+        out = str(tmp_path / way)
+        assert sweep.main(["--quick", "--device", "cpu", "--losses", "content", "--engines", "eager", "lean:1",
+                           "lean:2", "--batches", "2", "--target-pass", way, "--out", out]) == 0
+        assert walk.SPLIT_TARGET_PASS_DEVICES == default
+        rows = read_results(out)
+        assert {r["target_pass"] for r in rows} == {way}
+        peaks[way] = {r["engine"]: r["peak_mib"] for r in rows}
+        with open(out + ".md") as f:
+            text = f.read()
+        assert "eager/lean:1 peak" in text and "lean:2/eager time" in text
+    # in chunks of one, riding targets double each chunk's batch: a larger peak than their own pass's
+    assert peaks["ride"]["lean:1"] > peaks["split"]["lean:1"]
+
+
 def test_train_step_quick(one_thread, benchmark_script, tmp_path):
     train_step = benchmark_script("train_step")
     out = str(tmp_path / "train")
