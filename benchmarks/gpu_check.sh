@@ -89,15 +89,15 @@ step tests_cuda 240 "${tests[@]}" "$py" -m pytest . -m cuda -q -p no:cacheprovid
 sweep=("$py" benchmarks/peak_batch_sweep.py --device cuda --size 256 --batches 16 --repeat 5)
 step peak_sweep_fp32 90 "${sweep[@]}" --engines eager lean lean:1 lean:2 lean:4 lean:8 lean:16 checkpoint \
   --out "$out/peak_batch_sweep_cuda"
+step peak_sweep_bf16 60 "${sweep[@]}" --engines eager lean lean:1 lean:4 checkpoint --autocast bfloat16 \
+  --out "$out/peak_batch_sweep_cuda_autocast_bfloat16"
+step train_step 90 "$py" benchmarks/train_step.py --device cuda --size 256 --batch 16 --repeat 5 \
+  --budget-mib 24576 --out "$out/train_step_cuda"
 # the target images in a pass of their own with deeper levels (CPUs' way) against riding in the chunk
 step peak_sweep_fp32_split 45 "${sweep[@]}" --engines eager lean:1 lean:2 lean:4 --target-pass split \
   --out "$out/peak_batch_sweep_cuda_split_target_pass"
-step peak_sweep_bf16 60 "${sweep[@]}" --engines eager lean lean:1 lean:4 checkpoint --autocast bfloat16 \
-  --out "$out/peak_batch_sweep_cuda_autocast_bfloat16"
 step peak_sweep_fp32_cpp 40 env PERFLOSS_IMPL=cpp "${sweep[@]}" --engines lean \
   --out "$out/peak_batch_sweep_cuda_cpp_kernels"  # the lean engine on the C++ CUDA kernels, against Triton's above
-step train_step 90 "$py" benchmarks/train_step.py --device cuda --size 256 --batch 16 --repeat 5 \
-  --budget-mib 24576 --out "$out/train_step_cuda"
 step loss_ops 90 "$py" benchmarks/loss_ops_gpu.py --quick --out "$out"
 if command -v compute-sanitizer > /dev/null; then
   step memcheck 45 "${tests[@]}" compute-sanitizer --tool memcheck --error-exitcode 9 \
