@@ -42,9 +42,8 @@ def test_peak_batch_sweep_quick(one_thread, benchmark_script, tmp_path):
 
 
 def test_peak_batch_sweep_target_pass_ride(one_thread, benchmark_script, tmp_path):
-    """--target-pass ride runs CUDA's schedule on a CPU: one level, target images in the chunk's batch,
-    whose transients (four activations per sample, not three) take the larger chunk's peak; the walk's
-    default comes back after."""
+    """--target-pass ride runs CUDA's schedule on a CPU (target images in each chunk's batch, one level),
+    every row says which way ran, and the walk's default comes back after."""
     pytest.importorskip("matplotlib")
     from perfloss.engine import walk
 

@@ -68,6 +68,7 @@ def test_maxpool_2x2_fast_path_matches_eager(hw, ceil_mode, dtype, ties, channel
     for keep in (0, 1, b):
         y, codes = maxpool_codes(x, 2, 2, 0, 1, ceil_mode, keep=keep)
         ref = F.max_pool2d(x, 2, 2, 0, 1, ceil_mode)
+        assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         assert torch.equal(y.isnan(), ref.isnan()) and torch.equal(y.nan_to_num(), ref.nan_to_num())
         with library.use("reference"):
             _, codes_ref = maxpool_codes(x, 2, 2, 0, 1, ceil_mode, keep=keep)
