@@ -234,7 +234,7 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_cpu(const at::Tensor& x, at::In
     }
     if (cl) {
       // channels_last: walk the output in its memory order, a row (b, oh) at a time, channels innermost
-      // (the NCHW walk below would stride by C through the input: 9x slower at VGG's first pool). A
+      // (the NCHW walk below would stride by C through the input: 20x slower at VGG's first pool). A
       // window position holds C contiguous values, so a 2x2 / stride 2 window takes its channel run 8
       // at a time (AVX2, fp32); other windows and the edge go one by one. Each row's codes gather in a
       // row buffer (ow, c), go transposed into an unpacked NCHW-order buffer (n_keep bytes for the op's
