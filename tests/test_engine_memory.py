@@ -1,4 +1,5 @@
 """perfloss.engine.memory: the graph walk, the hooks measure and the expected lean figure."""
+import pytest
 import torch
 
 from perfloss.engine import compile_plan, lean_loss
@@ -70,3 +71,11 @@ def test_fallback_storage_is_counted():
     expected = lean_expected_bytes(plan, x.shape, [TapHead("r", "mse")])
     # SiLU and sigmoid keep their (full-batch) inputs/outputs as eager would
     assert graph_saved_bytes(v, exclude=exclude) > expected["total"] + 2 * 6 * 8 * 8 * 4
+
+
+def test_expected_figure_names_a_dtype_that_is_not_the_weights():
+    plan = compile_plan(frozen(Toy()))
+    with pytest.raises(ValueError, match=r"dtype must be the network weights' dtype torch.float32"):
+        lean_expected_bytes(plan, (2, 3, 32, 32), [TapHead("a", "mse")], dtype=torch.bfloat16)
+    double = compile_plan(frozen(Toy()).double())
+    assert lean_expected_bytes(double, (2, 3, 32, 32), [TapHead("a", "mse")], dtype=torch.float64)["total"] > 0

@@ -101,8 +101,13 @@ def lean_expected_bytes(plan, x_shape: Sequence[int], heads: Sequence, dtype: to
     bytes.
 
     The input pass (with target images) runs on meta tensors over a meta copy of the network and
-    counts what it saves; fallback steps' autograd graphs are not included.
+    counts what it saves; fallback steps' autograd graphs are not included. ``dtype`` is the input's,
+    which must be the weights' (autocast is not modelled).
     """
+    weight = next(iter(plan.gm.parameters()), None)
+    if weight is not None and weight.dtype != dtype:
+        raise ValueError(f"lean_expected_bytes: dtype must be the network weights' dtype {weight.dtype} (autocast "
+                         f"is not modelled), got {dtype}")
     call = on_meta(Call(plan, heads, tap_grad_dtype))
     x = torch.empty(tuple(x_shape), dtype=dtype, device="meta")
     held = forward(call, x, x, None, True, ((0, x.shape[0]),))[2].held
