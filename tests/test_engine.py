@@ -166,6 +166,36 @@ def test_fallback_ops_are_reported_and_exact():
     assert torch.autograd.gradcheck(lambda x: lean_loss(plan, x, heads, target_x=t), (x,), fast_mode=True)
 
 
+@pytest.mark.parametrize("chunk_size", [None, 1], ids=["whole batch", "chunks of 1"])
+def test_lean_steps_skip_autograd_dispatch_only_in_fully_lean_plans(monkeypatch, chunk_size):
+    """A fully lean plan's ReLU steps call their ops below the autograd dispatch keys, forward and
+    backward (the host time of small chunks); a plan with fallback steps keeps autograd for them."""
+    from perfloss.engine import rules
+
+    seen = []
+
+    def recording(op):
+        def call(*args):
+            seen.append((op.__name__, torch._C._dispatch_tls_is_dispatch_key_excluded(
+                torch._C.DispatchKey.ADInplaceOrView)))
+            return op(*args)
+        call.__name__ = op.__name__
+        return call
+
+    for name in ("relu_mask", "relu_mask_", "relu_mask_backward"):
+        monkeypatch.setattr(rules, name, recording(getattr(rules, name)))
+    x = torch.randn(2, 3, 8, 7, requires_grad=True)
+    t = torch.randn(2, 3, 8, 7)
+    lean_plan = compile_plan(frozen(Toy()))
+    torch.autograd.grad(lean_loss(plan=lean_plan, x=x, heads=toy_heads(), target_x=t, chunk_size=chunk_size).sum(), x)
+    assert {"relu_mask_", "relu_mask_backward"} <= {name for name, _ in seen}
+    assert all(below for _, below in seen), seen
+    seen.clear()
+    fallback_plan = compile_plan(frozen(WithFallback()), taps=["r", "act"])
+    torch.autograd.grad(lean_loss(fallback_plan, x, [TapHead("r", "mse")], target_x=t, chunk_size=chunk_size).sum(), x)
+    assert seen and not any(below for _, below in seen), seen
+
+
 class SameInputTwice(nn.Module):
     """One node on both sides of an op: ``a + a``, ``cat([a, a])``, and ``a * a`` (not a constant
     scale: a fallback)."""
