@@ -11,7 +11,7 @@ import os
 import shlex
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -57,18 +57,29 @@ def warm_up(step: Step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_median_ms(steps: Dict[str, Step], repeat: int, device: torch.device) -> Dict[str, float]:
-    """Median milliseconds of each (warmed-up) step over ``repeat`` rounds; each round runs every step
-    once, so drifts of a shared machine's load hit all of them alike."""
+class Timing(NamedTuple):
+    """Median milliseconds of a step: until its work is done (``ms``), and until its Python call
+    returned (``host_ms``, before the device synchronised). On CUDA a step whose host time is close to
+    its whole time is bound by the host's issuing of kernels, not by the GPU; on CPU the two agree."""
+
+    ms: float
+    host_ms: float
+
+
+def interleaved_medians(steps: Dict[str, Step], repeat: int, device: torch.device) -> Dict[str, Timing]:
+    """Median times of each (warmed-up) step over ``repeat`` rounds; each round runs every step once,
+    so drifts of a shared machine's load hit all of them alike."""
     times: Dict[str, List[float]] = {name: [] for name in steps}
+    host: Dict[str, List[float]] = {name: [] for name in steps}
     for _ in range(repeat):
         for name, step in steps.items():
             _sync(device)
             start = time.perf_counter()
             step()
+            host[name].append(time.perf_counter() - start)
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    return {name: Timing(1e3 * statistics.median(times[name]), 1e3 * statistics.median(host[name])) for name in steps}
 
 
 def peak_mib(step: Step, device: torch.device) -> float:

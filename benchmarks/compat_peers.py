@@ -76,10 +76,10 @@ def run(args, device: torch.device) -> List[Dict]:
             steps = {impl: step_of(loss) for impl, loss in losses.items()}
             for step in steps.values():
                 _timing.warm_up(step, device)
-            times = _timing.interleaved_median_ms(steps, args.repeat, device)
+            times = _timing.interleaved_medians(steps, args.repeat, device)
             for impl, step in steps.items():
                 rows.append(dict(case=case, impl=impl, batch=args.batch, size=args.size,
-                                 peak_mib=_timing.peak_mib(step, device), median_ms=times[impl]))
+                                 peak_mib=_timing.peak_mib(step, device), median_ms=times[impl].ms))
     return rows
 
 

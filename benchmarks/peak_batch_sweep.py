@@ -22,7 +22,9 @@ For each loss and batch, every engine's step is warmed up (compile compiles ther
 once as a guard: a step over --max-seconds-per-step is skipped, and so are that loss and engine at
 larger batches (noted in the table). The median time comes from --repeat rounds that interleave
 the engines; the peak (perfloss.engine.memory.peak_bytes: exact allocator peak above what was
-allocated before the step) from a run of its own. Writes <out>.md, .json, .csv and .png (peak
+allocated before the step) from a run of its own. On CUDA the table also gives each engine's host
+ms: the median time until the step's Python call returned, before the GPU synchronised (a lean
+engine in small chunks whose host time is about its whole time is bound by issuing kernels). Writes <out>.md, .json, .csv and .png (peak
 MiB against batch, one line per engine, one panel per loss).
 """
 import argparse
@@ -145,13 +147,14 @@ def sweep(args, device: torch.device) -> List[Dict]:
                     too_slow[engine] = notes[engine]
                     continue
                 steps[engine] = step
-            times = _timing.interleaved_median_ms(steps, args.repeat, device)
+            times = _timing.interleaved_medians(steps, args.repeat, device)
             for engine in args.engines:
                 measured = engine in steps
                 rows.append({"loss": name, "engine": engine, "batch": batch, "size": args.size,
                              "precision": precision_label(args.autocast), "target_pass": args.target_pass,
                              "peak_mib": _timing.peak_mib(steps[engine], device) if measured else None,
-                             "median_ms": times.get(engine), "note": notes.get(engine, ""),
+                             "median_ms": times[engine].ms if measured else None,
+                             "host_ms": times[engine].host_ms if measured else None, "note": notes.get(engine, ""),
                              "held_per_sample_mib": held if engine == "lean" else None})
                 progress.update()
             del inputs, steps
@@ -182,10 +185,11 @@ def _lookup(rows: List[Dict]) -> Dict[Tuple[str, str, int], Dict]:
     return {(r["loss"], r["engine"], r["batch"]): r for r in rows}
 
 
-def markdown(rows: List[Dict], args) -> str:
+def markdown(rows: List[Dict], args, device: torch.device) -> str:
     """Per loss: peak MiB and median ms per engine against batch; with eager, each lean engine's peak and
-    time against eager's."""
+    time against eager's; on CUDA, each engine's host ms too (see ``_timing.Timing``)."""
     by_key = _lookup(rows)
+    host = args.engines if device.type == "cuda" else []
     # each lean engine (lean, lean:N) against eager
     leans = [e for e in args.engines if e.partition(":")[0] == "lean"] if "eager" in args.engines else []
     sections = [(f"# Peak memory and median time of one loss forward+backward, {args.size}x{args.size}, "
@@ -193,12 +197,14 @@ def markdown(rows: List[Dict], args) -> str:
                  f"Lean's target images: {TARGET_PASS_WORDS[args.target_pass]}.")]
     for name in args.losses:
         header = (["batch"] + [f"{e} peak MiB" for e in args.engines] + [f"{e} ms" for e in args.engines]
+                  + [f"{e} host ms" for e in host]
                   + [f"eager/{e} peak" for e in leans] + [f"{e}/eager time" for e in leans])
         table = []
         for batch in args.batches:
             cells = [by_key[(name, e, batch)] for e in args.engines]
             row = ([batch] + [_timing.number(c["peak_mib"]) for c in cells]
-                   + [_timing.number(c["median_ms"]) for c in cells])
+                   + [_timing.number(c["median_ms"]) for c in cells]
+                   + [_timing.number(by_key[(name, e, batch)]["host_ms"]) for e in host])
             eager = by_key[(name, "eager", batch)] if leans else None
             row += [_timing.ratio(eager["peak_mib"], by_key[(name, e, batch)]["peak_mib"]) for e in leans]
             row += [_timing.ratio(by_key[(name, e, batch)]["median_ms"], eager["median_ms"]) for e in leans]
@@ -261,7 +267,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     env = _timing.environment(device, __file__, argv)
     with target_pass(device, args.target_pass) as args.target_pass:
         rows = sweep(args, device)
-    text = markdown(rows, args)
+    text = markdown(rows, args, device)
     print(text)
     paths = _timing.write_results(out, env, rows, text)
     plot(rows, args, env, out + ".png")

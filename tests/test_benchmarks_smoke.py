@@ -7,6 +7,7 @@ import json
 import os
 
 import pytest
+import torch
 
 BENCHMARKS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
@@ -35,10 +36,14 @@ def test_peak_batch_sweep_quick(one_thread, benchmark_script, tmp_path):
     assert sweep.main(["--quick", "--device", "cpu", "--engines", "eager", "lean", "checkpoint", "--out", out]) == 0
     rows = read_results(out)
     assert len(rows) == 4 * 3 * 2  # losses x engines x batches
-    assert all(r["peak_mib"] > 0 and r["median_ms"] > 0 and not r["note"] for r in rows)
+    assert all(r["peak_mib"] > 0 and 0 < r["host_ms"] <= r["median_ms"] and not r["note"] for r in rows)
     assert os.path.getsize(out + ".png") > 0
     with open(out + ".md") as f:
-        assert "eager/lean peak" in f.read()
+        text = f.read()
+    assert "eager/lean peak" in text and "host ms" not in text  # CPU: host time is the whole time
+    args = sweep.parse_args(["--quick", "--engines", "eager", "lean", "checkpoint"])
+    args.batches, args.size, args.repeat, args.target_pass = [1, 2], 32, 1, "split"
+    assert "| lean host ms |" in sweep.markdown(rows, args, torch.device("cuda"))
 
 
 def test_peak_batch_sweep_target_pass_ride(one_thread, benchmark_script, tmp_path):
