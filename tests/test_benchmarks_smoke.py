@@ -103,3 +103,14 @@ def test_compat_peers_quick(one_thread, benchmark_script, tmp_path):
     rows = read_results(out)
     assert {(r["case"], r["impl"]) for r in rows} == {(c, i) for c in compat_peers.CASES for i in ("peer", "perfloss")}
     assert all(r["peak_mib"] > 0 and r["median_ms"] > 0 for r in rows)
+
+
+def test_chunk_host_time_quick(one_thread, benchmark_script, tmp_path):
+    chunk_host_time = benchmark_script("chunk_host_time")
+    out = str(tmp_path / "host")
+    assert chunk_host_time.main(["--device", "cpu", "--batch", "2", "--repeat", "1", "--out", out]) == 0
+    rows = read_results(out)
+    assert {(r["target_pass"], r["chunk_size"]) for r in rows} == {(w, c) for w in ("split", "ride") for c in (1, 2)}
+    assert all(0 < r["host_ms"] <= r["median_ms"] for r in rows)
+    with open(out + ".md") as f:
+        assert "ms per chunk beyond chunks of 2" in f.read()
