@@ -111,7 +111,8 @@ def number(value: Optional[float], digits: int = 1) -> str:
 
 def write_results(out: str, env: Dict[str, str], rows: List[Dict], markdown: str) -> List[str]:
     """``out``.json (environment and rows), ``out``.csv (rows with the environment on each) and
-    ``out``.md (the markdown, under a header naming the command and environment); their paths."""
+    ``out``.md (the markdown, under a header naming the command and environment); prints the
+    markdown and their paths, returns the paths."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out + ".json", "w") as f:
         json.dump({"environment": env, "results": rows}, f, indent=2)
@@ -125,4 +126,7 @@ def write_results(out: str, env: Dict[str, str], rows: List[Dict], markdown: str
     with open(out + ".md", "w") as f:
         f.write(f"`{env['command']}`\n\n" + ", ".join(f"{k} {v}" for k, v in env.items() if k != "command")
                 + "\n\n" + markdown + "\n")
-    return [out + ext for ext in (".json", ".csv", ".md")]
+    paths = [out + ext for ext in (".json", ".csv", ".md")]
+    print(markdown)
+    print("wrote", ", ".join(paths))
+    return paths

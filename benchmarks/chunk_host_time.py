@@ -105,9 +105,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.out or f"{_timing.RESULTS}/chunk_host_time_{device.type}"
     env = _timing.environment(device, __file__, argv)
     rows = measure(args, device)
-    text = markdown(rows, args)
-    print(text)
-    print("wrote", ", ".join(_timing.write_results(out, env, rows, text)))
+    _timing.write_results(out, env, rows, markdown(rows, args))
     return 0
 
 

@@ -118,9 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = args.out or f"{_timing.RESULTS}/compat_peers_{device.type}"
     env = _timing.environment(device, __file__, argv)
     rows = run(args, device)
-    text = markdown(rows)
-    print(text)
-    print("wrote", ", ".join(_timing.write_results(out, env, rows, text)))
+    _timing.write_results(out, env, rows, markdown(rows))
     return 0
 
 

@@ -113,9 +113,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     env = _timing.environment(device, __file__, argv)
-    written = _timing.write_results(out, env, rows, markdown(rows))
-    print(markdown(rows))
-    print("wrote", ", ".join(written))
+    _timing.write_results(out, env, rows, markdown(rows))
     return 0
 
 

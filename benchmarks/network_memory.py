@@ -89,8 +89,7 @@ def main(argv=None):
                f"{device.type}\n\nheld: kept for backward after the forward; peak: allocator peak of forward + "
                f"backward above the start.\n\n")
     out = args.out or f"benchmarks/results/network_memory_{device.type}"
-    for path in _timing.write_results(out, env, rows, heading + table):
-        print("wrote", path)
+    _timing.write_results(out, env, rows, heading + table)
     return rows
 
 

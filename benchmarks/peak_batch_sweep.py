@@ -267,11 +267,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     env = _timing.environment(device, __file__, argv)
     with target_pass(device, args.target_pass) as args.target_pass:
         rows = sweep(args, device)
-    text = markdown(rows, args, device)
-    print(text)
-    paths = _timing.write_results(out, env, rows, text)
+    _timing.write_results(out, env, rows, markdown(rows, args, device))
     plot(rows, args, env, out + ".png")
-    print("wrote", ", ".join(paths + [out + ".png"]))
+    print("wrote", out + ".png")
     return 0
 
 

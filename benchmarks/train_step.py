@@ -231,9 +231,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     progress = tqdm(total=len(args.workloads) * (len(args.engines) + 1), desc="train_step", unit="variant")
     rows = [row for name in args.workloads for row in measure_workload(name, args, device, progress)]
     progress.close()
-    text = markdown(rows, args)
-    print(text)
-    print("wrote", ", ".join(_timing.write_results(out, env, rows, text)))
+    _timing.write_results(out, env, rows, markdown(rows, args))
     return 0
 
 
