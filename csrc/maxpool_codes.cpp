@@ -1,5 +1,6 @@
 // perfloss::maxpool_codes / maxpool_unroute, CPU kernels: max pooling keeping each window's argmax as
-// a packed 2/4/8-bit code (NCHW order of the output), and the backward routing from those codes.
+// a packed 2/4/8-bit code (in the output's memory order: NCHW, or NHWC for channels_last), and the
+// backward routing from those codes.
 // Ties / NaN resolve as in ATen's CPU max_pool2d (first maximum in row-major window order, NaN wins).
 // The per-element math is csrc/lean_math.h's, shared with the CUDA kernels (csrc/cuda/maxpool_codes.cu); the AVX2
 // fp32 paths compute the same in vector form.
@@ -90,29 +91,34 @@ __attribute__((target("avx2"))) int64_t pool2x2_channels_f32_avx2(const float* p
   return c;
 }
 
-// fp32 un-routing of one output row of 2x2 / stride 2 windows (contiguous grad row): 8 windows per
-// step, the 2-bit codes expanded to lanes, 0 + g selected into the code's position (+0 elsewhere),
-// even / odd columns interleaved into the two input rows. Returns the first column it did not do.
-__attribute__((target("avx2"))) int64_t unroute2x2_row_f32_avx2(const float* grow, const uint8_t* cp, int64_t e_row,
-                                                                float* r0, float* r1, int64_t ow, int64_t ow_end) {
+// The gradients g of 8 consecutive 2x2 windows (codes e .. e + 7 of the packed 2-bit codes cp) routed
+// to the four window positions: a, b, c, d (row-major window order) hold 0 + g where the code points
+// there (as zero-fill + add gives) and +0 elsewhere.
+__attribute__((target("avx2"))) inline void route2x2_avx2(const uint8_t* cp, int64_t e, __m256 g, __m256& a, __m256& b,
+                                                          __m256& c, __m256& d) {
   const __m256i shifts = _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14);
   const __m256i three = _mm256_set1_epi32(3);
-  const __m256i k1 = _mm256_set1_epi32(1), k2 = _mm256_set1_epi32(2);
-  const __m256 zero = _mm256_setzero_ps();
+  const uint8_t* q = cp + (e >> 2);
+  const int sh = static_cast<int>(e & 3) * 2;
+  // bits [2e, 2e + 16): 2 bytes when aligned, else 3 (all inside the buffer: element e + 7 exists)
+  uint32_t word = static_cast<uint32_t>(q[0]) | (static_cast<uint32_t>(q[1]) << 8);
+  if (sh) word |= static_cast<uint32_t>(q[2]) << 16;
+  word >>= sh;
+  const __m256i code = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts), three);
+  const __m256 v = _mm256_add_ps(_mm256_setzero_ps(), g);
+  a = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_setzero_si256())));
+  b = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(1))));
+  c = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_set1_epi32(2))));
+  d = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, three)));
+}
+
+// fp32 un-routing of one output row of 2x2 / stride 2 windows (contiguous grad row): 8 windows per
+// step, even / odd columns interleaved into the two input rows. Returns the first column it did not do.
+__attribute__((target("avx2"))) int64_t unroute2x2_row_f32_avx2(const float* grow, const uint8_t* cp, int64_t e_row,
+                                                                float* r0, float* r1, int64_t ow, int64_t ow_end) {
   for (; ow + 8 <= ow_end; ow += 8) {
-    const int64_t e = e_row + ow;
-    const uint8_t* q = cp + (e >> 2);
-    const int sh = static_cast<int>(e & 3) * 2;
-    // bits [2e, 2e + 16): 2 bytes when aligned, else 3 (all inside the buffer: element e + 7 exists)
-    uint32_t word = static_cast<uint32_t>(q[0]) | (static_cast<uint32_t>(q[1]) << 8);
-    if (sh) word |= static_cast<uint32_t>(q[2]) << 16;
-    word >>= sh;
-    const __m256i code = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts), three);
-    const __m256 v = _mm256_add_ps(zero, _mm256_loadu_ps(grow + ow));  // 0 + g, as zero-fill + add gives
-    const __m256 a = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, _mm256_setzero_si256())));
-    const __m256 b = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, k1)));
-    const __m256 c = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, k2)));
-    const __m256 d = _mm256_and_ps(v, _mm256_castsi256_ps(_mm256_cmpeq_epi32(code, three)));
+    __m256 a, b, c, d;
+    route2x2_avx2(cp, e_row + ow, _mm256_loadu_ps(grow + ow), a, b, c, d);
     const __m256 ablo = _mm256_unpacklo_ps(a, b), abhi = _mm256_unpackhi_ps(a, b);
     const __m256 cdlo = _mm256_unpacklo_ps(c, d), cdhi = _mm256_unpackhi_ps(c, d);
     _mm256_storeu_ps(r0 + 2 * ow, _mm256_permute2f128_ps(ablo, abhi, 0x20));
@@ -121,6 +127,24 @@ __attribute__((target("avx2"))) int64_t unroute2x2_row_f32_avx2(const float* gro
     _mm256_storeu_ps(r1 + 2 * ow + 8, _mm256_permute2f128_ps(cdlo, cdhi, 0x31));
   }
   return ow;
+}
+
+// fp32 un-routing of one 2x2 / stride 2 window position in channels_last: its channels' gradients
+// (contiguous, codes from e on) to the four input positions' channel runs p00, p01, p10, p11, 8 channels
+// per step. Returns the first channel it did not do.
+__attribute__((target("avx2"))) int64_t unroute2x2_channels_f32_avx2(const float* grun, const uint8_t* cp, int64_t e,
+                                                                    float* p00, float* p01, float* p10, float* p11,
+                                                                    int64_t C) {
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    __m256 a, b, cc, d;
+    route2x2_avx2(cp, e + c, _mm256_loadu_ps(grun + c), a, b, cc, d);
+    _mm256_storeu_ps(p00 + c, a);
+    _mm256_storeu_ps(p01 + c, b);
+    _mm256_storeu_ps(p10 + c, cc);
+    _mm256_storeu_ps(p11 + c, d);
+  }
+  return c;
 }
 #endif
 
@@ -236,17 +260,18 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_cpu(const at::Tensor& x, at::In
       // channels_last: walk the output in its memory order, a row (b, oh) at a time, channels innermost
       // (the NCHW walk below would stride by C through the input: 20x slower at VGG's first pool). A
       // window position holds C contiguous values, so a 2x2 / stride 2 window takes its channel run 8
-      // at a time (AVX2, fp32); other windows and the edge go one by one. Each row's codes gather in a
-      // row buffer (ow, c), go transposed into an unpacked NCHW-order buffer (n_keep bytes for the op's
-      // duration, a quarter of fp32 y's kept rows), then all are packed.
+      // at a time (AVX2, fp32); other windows and the edge go one by one. The codes of the kept rows go
+      // unpacked, a byte each, into a buffer in that same order (n_keep bytes for the op's duration, a
+      // quarter of fp32 y's kept rows), then are packed: rows need not end on a byte boundary.
       const bool window2x2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 &&
                              g.dh == 1 && g.dw == 1 && xs1 == 1 && ys1 == 1;
       at::Tensor unpacked = at::empty({n_keep}, codes.options());
       uint8_t* u = unpacked.mutable_data_ptr<uint8_t>();
       at::parallel_for(0, B * OH, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, OW * C)), [&](int64_t r0, int64_t r1) {
-        std::vector<uint8_t> rowcodes(OW * C);
+        std::vector<uint8_t> unkept(OW * C);  // the codes of rows past the kept samples
         for (int64_t r = r0; r < r1; ++r) {
           const int64_t b = r / OH, oh = r % OH;
+          uint8_t* rowcodes = b < keep ? u + r * OW * C : unkept.data();
           const int64_t full_ow = window2x2 && 2 * oh + 1 < H ? std::min(OW, W / 2) : 0;
           for (int64_t ow = 0; ow < full_ow; ++ow) {
             const scalar_t* p00 = src + b * xs0 + 2 * oh * xs2 + 2 * ow * xs3;
@@ -254,7 +279,7 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_cpu(const at::Tensor& x, at::In
             const scalar_t* p10 = p00 + xs2;
             const scalar_t* p11 = p10 + xs3;
             scalar_t* yp = dst + b * ys0 + oh * ys2 + ow * ys3;
-            uint8_t* kp = rowcodes.data() + ow * C;
+            uint8_t* kp = rowcodes + ow * C;
             int64_t c = 0;
 #ifdef PERFLOSS_X86_SIMD
             if (std::is_same_v<scalar_t, float> && use_avx2())  // (casts only run for float)
@@ -269,12 +294,6 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_cpu(const at::Tensor& x, at::In
           }
           for (int64_t ow = full_ow; ow < OW; ++ow)
             for (int64_t c = 0; c < C; ++c) rowcodes[ow * C + c] = pool_one(b, c, oh, ow);
-          if (b < keep) {
-            for (int64_t c = 0; c < C; ++c) {
-              uint8_t* urow = u + ((b * C + c) * OH + oh) * OW;
-              for (int64_t ow = 0; ow < OW; ++ow) urow[ow] = rowcodes[ow * C + c];
-            }
-          }
         }
       });
       at::parallel_for(0, n_bytes, kGrain, [&](int64_t b0, int64_t b1) {
@@ -329,13 +348,76 @@ at::Tensor maxpool_unroute_cpu(const at::Tensor& grad, const at::Tensor& codes_i
   // no zero-fill pass; uncovered rows / columns are zeroed and ceil_mode edge windows added after.
   const bool fast2x2 = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0 && g.dh == 1 &&
                        g.dw == 1;
-  at::Tensor out = fast2x2 ? at::empty({B, C, H, W}, grad.options().memory_format(at::MemoryFormat::Contiguous))
-                           : at::zeros({B, C, H, W}, grad.options().memory_format(at::MemoryFormat::Contiguous));
+  const bool cl = work_channels_last(grad);  // the codes' order, and grad_in's layout
+  const auto options = grad.options().memory_format(memory_format_of(cl));
+  at::Tensor out = at::empty({B, C, H, W}, options);  // (at::zeros would drop the memory format)
+  if (!fast2x2) out.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, grad.scalar_type(), "maxpool_unroute_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
     const uint8_t* cp = codes.const_data_ptr<uint8_t>();
+    if (cl) {
+      // channels_last: an input position holds a run of C channels, and so does an output position's
+      // codes (the (b, oh, ow, c) order). One task per row of windows (b, oh): the 2x2 / stride 2 case
+      // writes each covered run once as above, zeroes the uncovered columns of its rows and adds the
+      // ceil_mode edge windows; any other window adds each gradient at its argmax over the zero-filled
+      // output (overlapping windows: one task per sample, windows in (oh, ow) order, as the NCHW walk).
+      const scalar_t zero = scalar_t(0);
+      auto add_window = [&](int64_t b, int64_t oh, int64_t ow) {
+        const int64_t e = ((b * OH + oh) * OW + ow) * C;
+        for (int64_t c = 0; c < C; ++c) {
+          int64_t ih, iw;
+          pool_code_to_input(g, oh, ow, packed_code_at(cp, e + c, bits), ih, iw);
+          op[((b * H + ih) * W + iw) * C + c] += gp[b * gs0 + c * gs1 + oh * gs2 + ow * gs3];
+        }
+      };
+      if (!fast2x2) {
+        at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+          for (int64_t b = b0; b < b1; ++b)
+            for (int64_t oh = 0; oh < OH; ++oh)
+              for (int64_t ow = 0; ow < OW; ++ow) add_window(b, oh, ow);
+        });
+        return;
+      }
+      const int64_t cols_fast = std::min(OW, W / 2);
+      at::parallel_for(0, B * OH, std::max<int64_t>(1, kGrain / std::max<int64_t>(1, OW * C)), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = r / OH, oh = r % OH;
+          const int64_t rows = std::min<int64_t>(2, H - 2 * oh);  // the input rows this window row covers
+          scalar_t* q0 = op + ((b * H + 2 * oh) * W) * C;
+          scalar_t* q1 = q0 + W * C;
+          const int64_t full = rows == 2 ? cols_fast : 0;
+          for (int64_t ow = 0; ow < full; ++ow) {
+            const scalar_t* grun = gp + b * gs0 + oh * gs2 + ow * gs3;
+            scalar_t* p00 = q0 + 2 * ow * C;
+            scalar_t* p10 = q1 + 2 * ow * C;
+            const int64_t e = (r * OW + ow) * C;
+            int64_t c = 0;
+#ifdef PERFLOSS_X86_SIMD
+            if (std::is_same_v<scalar_t, float> && gs1 == 1 && use_avx2())  // (casts only run for float)
+              c = unroute2x2_channels_f32_avx2(reinterpret_cast<const float*>(grun), cp, e, reinterpret_cast<float*>(p00),
+                                               reinterpret_cast<float*>(p00 + C), reinterpret_cast<float*>(p10),
+                                               reinterpret_cast<float*>(p10 + C), C);
+#endif
+            for (; c < C; ++c) {
+              const unsigned code = packed_code_at(cp, e + c, 2);
+              const scalar_t v = static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(grun[c * gs1]));
+              p00[c] = code == 0 ? v : zero;
+              p00[C + c] = code == 1 ? v : zero;
+              p10[c] = code == 2 ? v : zero;
+              p10[C + c] = code == 3 ? v : zero;
+            }
+          }
+          std::fill(q0 + 2 * full * C, q0 + W * C, zero);
+          if (rows == 2) std::fill(q1 + 2 * full * C, q1 + W * C, zero);
+          for (int64_t ow = full; ow < OW; ++ow) add_window(b, oh, ow);
+        }
+      });
+      for (int64_t b = 0; b < B; ++b)  // rows no window covers (odd H without ceil_mode)
+        std::fill(op + (b * H + std::min(H, 2 * OH)) * W * C, op + (b + 1) * H * W * C, zero);
+      return;
+    }
     at::parallel_for(0, B * C, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t b = p / C, c = p % C;

@@ -41,10 +41,12 @@ def test_maxpool_codes_match_eager(impl, cfg, channels_last, ties):
 
     xl = x[:keep].detach().clone().requires_grad_()
     out = F.max_pool2d(xl, *args)
-    g = torch.randn(out.shape, dtype=torch.float64)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    g = torch.randn(out.shape, dtype=torch.float64).contiguous(memory_format=layout)  # the codes' layout: y's
     (expected,) = torch.autograd.grad(out, xl, g)
     got = maxpool_unroute(g, codes, cfg["hw"], cfg["kernel"], cfg["stride"], cfg["padding"], cfg["dilation"])
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert got.is_contiguous(memory_format=layout)
 
 
 @pytest.mark.parametrize("hw", [(16, 40), (7, 9), (9, 35), (2, 2), (3, 17)])
@@ -76,11 +78,15 @@ def test_maxpool_2x2_fast_path_matches_eager(hw, ceil_mode, dtype, ties, channel
     xf = x.nan_to_num(0.5, 2.0, -2.0).detach().requires_grad_()  # autograd's routing of NaN differs by design
     out = F.max_pool2d(xf, 2, 2, 0, 1, ceil_mode)
     _, codes = maxpool_codes(xf.detach(), 2, 2, 0, 1, ceil_mode)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
     g = torch.randn(out.shape, dtype=dtype)
     g.view(-1)[::7] = -0.0
+    g = g.contiguous(memory_format=layout)  # the codes' layout: y's
     (expected,) = torch.autograd.grad(out, xf, g)
     got = maxpool_unroute(g, codes, hw, 2, 2)
-    assert same_bits(got, expected)
+    if out[0, 0].numel() == 1:  # a grad of 1x1 planes is contiguous in both layouts: read as NCHW
+        layout = torch.contiguous_format
+    assert same_bits(got, expected) and got.is_contiguous(memory_format=layout)
 
 
 def test_fake_kernel_gives_the_shapes():
@@ -141,10 +147,13 @@ def test_cuda_cpp_matches_reference(cfg, channels_last, dtype):
         out = F.max_pool2d(xf, *args)
         _, codes = maxpool_codes(xf.detach().to(dtype).cuda(), *args)
         g = torch.randn(out.shape, dtype=torch.float64).to(dtype)
-        g_strided = g.cuda().transpose(2, 3).contiguous().transpose(2, 3)  # any grad layout is read as it is
+        # the codes' layout (y's); an NCHW-ordered grad is read through any strides
+        g_in = (g.cuda().contiguous(memory_format=torch.channels_last) if channels_last
+                else g.cuda().transpose(2, 3).contiguous().transpose(2, 3))
         (expected,) = torch.autograd.grad(out, xf, g.double())
-        got = maxpool_unroute(g_strided, codes, hw, kernel, stride, padding, dilation)
-        assert got.is_contiguous() and got.dtype == dtype
+        got = maxpool_unroute(g_in, codes, hw, kernel, stride, padding, dilation)
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        assert got.is_contiguous(memory_format=layout) and got.dtype == dtype
         # where overlapping windows add gradients, the sum is rounded once to dtype (float64 sums may
         # differ in order); everywhere else the routed value is exact
         tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]

@@ -177,10 +177,12 @@ def test_maxpool_codes_and_unroute(impl, data, dtype):
         h0 = (torch.arange(oh) * s - p).view(-1, 1)
         w0 = (torch.arange(ow) * s - p).view(1, -1)
         expected_codes = ((idx // w - h0) // d) * k + (idx % w - w0) // d
-        got = unpack_codes(codes, 2 if k == 2 else 4, y_ref.numel()).view(y_ref.shape)
+        # the codes follow y's memory order (x's working layout)
+        expected_codes = memory_order(torch.empty_like(y, dtype=torch.long).copy_(expected_codes))
+        got = unpack_codes(codes, 2 if k == 2 else 4, y_ref.numel())
         assert torch.equal(got, expected_codes), "argmax codes (first maximum in window order; NaN wins)"
         grad = torch.randn(y_ref.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64).to(dtype)
-        grad_in = maxpool_unroute(grad, codes, x.shape[2:], k, s, p, d)
+        grad_in = maxpool_unroute(torch.empty_like(y).copy_(grad), codes, x.shape[2:], k, s, p, d)  # in y's layout
     leaf = x.detach().double().requires_grad_()
     (expected,) = torch.autograd.grad(F.max_pool2d(leaf, k, s, p, d, ceil), leaf, grad.double())
     assert_matches(grad_in, expected, rtol=TOL[dtype][0] if dtype != torch.float64 else 1e-12)

@@ -7,11 +7,28 @@ namespace perfloss {
 namespace lean {
 namespace {
 
-// One thread per code byte: its 8 / bits consecutive outputs (NCHW order), so no two threads write
-// one byte. Outputs past n_keep are pooled without a code.
+// (b, c, h, w) of element e of an (n, c, h, w) tensor's memory order: NCHW, or NHWC for channels_last.
+__device__ inline void unflatten(int64_t e, int64_t C, int64_t H, int64_t W, bool channels_last, int64_t& b,
+                                 int64_t& c, int64_t& h, int64_t& w) {
+  if (channels_last) {
+    c = e % C;
+    w = (e / C) % W;
+    h = (e / (C * W)) % H;
+    b = e / (C * W * H);
+  } else {
+    w = e % W;
+    h = (e / W) % H;
+    c = (e / (W * H)) % C;
+    b = e / (W * H * C);
+  }
+}
+
+// One thread per code byte: its 8 / bits consecutive outputs (in y's memory order, so that the
+// threads of a warp read neighbouring inputs in either layout), so no two threads write one byte.
+// Outputs past n_keep are pooled without a code.
 template <typename T, typename A>
-__global__ void maxpool_codes_kernel(const T* x, Dims4 xd, T* y, Dims4 yd, uint8_t* codes, int64_t n_keep,
-                                     int64_t bits, PoolGeometry g) {
+__global__ void maxpool_codes_kernel(const T* x, Dims4 xd, T* y, Dims4 yd, bool channels_last, uint8_t* codes,
+                                     int64_t n_keep, int64_t bits, PoolGeometry g) {
   const int64_t per = 8 / bits;
   const int64_t n_out = yd.n * yd.c * yd.h * yd.w;
   const int64_t groups = (n_out + per - 1) / per;
@@ -20,7 +37,8 @@ __global__ void maxpool_codes_kernel(const T* x, Dims4 xd, T* y, Dims4 yd, uint8
     const int64_t e1 = e0 + per < n_out ? e0 + per : n_out;
     unsigned packed = 0;
     for (int64_t e = e0; e < e1; ++e) {
-      const int64_t ow = e % yd.w, oh = (e / yd.w) % yd.h, c = (e / (yd.w * yd.h)) % yd.c, b = e / (yd.w * yd.h * yd.c);
+      int64_t b, c, oh, ow;
+      unflatten(e, yd.c, yd.h, yd.w, channels_last, b, c, oh, ow);
       A best;
       const unsigned code = pool_window(x + b * xd.s0 + c * xd.s1, xd.s2, xd.s3, xd.h, xd.w, g, oh, ow, best);
       y[b * yd.s0 + c * yd.s1 + oh * yd.s2 + ow * yd.s3] = cast_to<T>(best);
@@ -30,16 +48,17 @@ __global__ void maxpool_codes_kernel(const T* x, Dims4 xd, T* y, Dims4 yd, uint8
   }
 }
 
-// One thread per input element (NCHW order of grad_in), no atomics: it visits the windows that can
-// hold it with oh, then ow, ascending (the CPU kernel's accumulation order) and adds the gradient of
-// each whose code points at it, in A from +0 (as zero-fill + add gives; one rounding at the end).
+// One thread per input element (in grad_in's memory order, which is the codes'), no atomics: it
+// visits the windows that can hold it with oh, then ow, ascending (the CPU kernel's accumulation
+// order) and adds the gradient of each whose code points at it, in A from +0 (as zero-fill + add
+// gives; one rounding at the end).
 template <typename T, typename A>
-__global__ void maxpool_unroute_kernel(const T* grad, Dims4 gd, const uint8_t* codes, int64_t bits, T* grad_in,
-                                       int64_t H, int64_t W, PoolGeometry g) {
+__global__ void maxpool_unroute_kernel(const T* grad, Dims4 gd, bool channels_last, const uint8_t* codes,
+                                       int64_t bits, T* grad_in, int64_t H, int64_t W, PoolGeometry g) {
   const int64_t n_in = gd.n * gd.c * H * W;
   for (int64_t e = cuda::first_item(); e < n_in; e += cuda::item_stride()) {
-    const int64_t iw = e % W, ih = (e / W) % H, plane = e / (W * H);
-    const int64_t b = plane / gd.c, c = plane % gd.c;
+    int64_t b, c, ih, iw;
+    unflatten(e, gd.c, H, W, channels_last, b, c, ih, iw);
     A acc = A(0);
     for (int64_t i = g.kh - 1; i >= 0; --i) {  // descending i: ascending oh
       const int64_t th = ih + g.ph - i * g.dh;
@@ -49,7 +68,8 @@ __global__ void maxpool_unroute_kernel(const T* grad, Dims4 gd, const uint8_t* c
         const int64_t tw = iw + g.pw - j * g.dw;
         if (tw < 0 || tw % g.sw != 0 || tw / g.sw >= gd.w) continue;
         const int64_t ow = tw / g.sw;
-        if (packed_code_at(codes, (plane * gd.h + oh) * gd.w + ow, bits) == i * g.kw + j)
+        const int64_t at = channels_last ? ((b * gd.h + oh) * gd.w + ow) * gd.c + c : ((b * gd.c + c) * gd.h + oh) * gd.w + ow;
+        if (packed_code_at(codes, at, bits) == i * g.kw + j)
           acc += cast_to<A>(grad[b * gd.s0 + c * gd.s1 + oh * gd.s2 + ow * gd.s3]);
       }
     }
@@ -59,25 +79,25 @@ __global__ void maxpool_unroute_kernel(const T* grad, Dims4 gd, const uint8_t* c
 
 }  // namespace
 
-void launch_maxpool_codes(cuda::ElemType t, const void* x, Dims4 x_dims, void* y, Dims4 y_dims, uint8_t* codes,
-                          int64_t n_keep, int64_t bits, PoolGeometry g, cudaStream_t stream) {
+void launch_maxpool_codes(cuda::ElemType t, const void* x, Dims4 x_dims, void* y, Dims4 y_dims, bool channels_last,
+                          uint8_t* codes, int64_t n_keep, int64_t bits, PoolGeometry g, cudaStream_t stream) {
   const int64_t groups = (y_dims.n * y_dims.c * y_dims.h * y_dims.w + 8 / bits - 1) / (8 / bits);
   if (groups == 0) return;
   cuda::dispatch_elem(t, [&](auto element) {
     using T = decltype(element);
     maxpool_codes_kernel<T, opmath_t<T>><<<cuda::grid_for_items(groups), cuda::kThreads, 0, stream>>>(
-        static_cast<const T*>(x), x_dims, static_cast<T*>(y), y_dims, codes, n_keep, bits, g);
+        static_cast<const T*>(x), x_dims, static_cast<T*>(y), y_dims, channels_last, codes, n_keep, bits, g);
   });
 }
 
-void launch_maxpool_unroute(cuda::ElemType t, const void* grad, Dims4 grad_dims, const uint8_t* codes, int64_t bits,
-                            void* grad_in, int64_t H, int64_t W, PoolGeometry g, cudaStream_t stream) {
+void launch_maxpool_unroute(cuda::ElemType t, const void* grad, Dims4 grad_dims, bool channels_last, const uint8_t* codes,
+                            int64_t bits, void* grad_in, int64_t H, int64_t W, PoolGeometry g, cudaStream_t stream) {
   const int64_t n_in = grad_dims.n * grad_dims.c * H * W;
   if (n_in == 0) return;
   cuda::dispatch_elem(t, [&](auto element) {
     using T = decltype(element);
     maxpool_unroute_kernel<T, opmath_t<T>><<<cuda::grid_for_items(n_in), cuda::kThreads, 0, stream>>>(
-        static_cast<const T*>(grad), grad_dims, codes, bits, static_cast<T*>(grad_in), H, W, g);
+        static_cast<const T*>(grad), grad_dims, channels_last, codes, bits, static_cast<T*>(grad_in), H, W, g);
   });
 }
 

@@ -28,11 +28,12 @@ std::tuple<at::Tensor, at::Tensor> maxpool_codes_cuda(const at::Tensor& x, at::I
   TORCH_CHECK(OH > 0 && OW > 0, "maxpool_codes: the window does not fit x of height ", H, " and width ", W);
   const int64_t bits = pool_code_bits(g.kh * g.kw);
   const c10::cuda::CUDAGuard guard(x.device());
-  at::Tensor y = at::empty({B, C, OH, OW}, x.options().memory_format(memory_format_of(work_channels_last(x))));
+  const bool cl = work_channels_last(x);
+  at::Tensor y = at::empty({B, C, OH, OW}, x.options().memory_format(memory_format_of(cl)));
   at::Tensor codes = at::empty({packed_bytes(keep * C * OH * OW, bits)}, x.options().dtype(at::kByte));
   launch_maxpool_codes(cuda::elem_type(x.scalar_type(), "maxpool_codes", "x"), x.const_data_ptr(), dims_of(x),
-                       y.mutable_data_ptr(), dims_of(y), codes.mutable_data_ptr<uint8_t>(), keep * C * OH * OW, bits, g,
-                       c10::cuda::getCurrentCUDAStream());
+                       y.mutable_data_ptr(), dims_of(y), cl, codes.mutable_data_ptr<uint8_t>(), keep * C * OH * OW,
+                       bits, g, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {y, codes};
 }
@@ -52,10 +53,11 @@ at::Tensor maxpool_unroute_cuda(const at::Tensor& grad, const at::Tensor& codes_
   const at::Tensor codes = codes_in.contiguous();
   TORCH_CHECK(codes.numel() == packed_bytes(grad.numel(), bits), "maxpool_unroute: codes has ", codes.numel(),
               " bytes, expected ", packed_bytes(grad.numel(), bits), " (", bits, " bits per element of grad)");
+  const bool cl = work_channels_last(grad);  // the codes' order, and grad_in's layout
   at::Tensor out = at::empty({grad.size(0), grad.size(1), input_hw[0], input_hw[1]},
-                             grad.options().memory_format(at::MemoryFormat::Contiguous));
+                             grad.options().memory_format(memory_format_of(cl)));
   launch_maxpool_unroute(cuda::elem_type(grad.scalar_type(), "maxpool_unroute", "grad"), grad.const_data_ptr(),
-                         dims_of(grad), codes.const_data_ptr<uint8_t>(), bits, out.mutable_data_ptr(), input_hw[0],
+                         dims_of(grad), cl, codes.const_data_ptr<uint8_t>(), bits, out.mutable_data_ptr(), input_hw[0],
                          input_hw[1], g, c10::cuda::getCurrentCUDAStream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

@@ -142,11 +142,15 @@ class Conv(Rule):
         return (F.conv_transpose2d(g.to(dt), weight.to(dt), None, s, pad, out_pad, p["groups"], d),)
 
 
-class Mask(NamedTuple):
-    """A ReLU's kept sign mask: its index in ``saved`` and the memory order it was packed in."""
+class Packed(NamedTuple):
+    """A ReLU's kept sign mask or a max pool's window codes: its index in ``saved`` and the memory order
+    it was packed in (that of the op's output), which the backward's gradient is put in."""
 
     slot: int
     channels_last: bool
+
+    def layout(self, g: torch.Tensor) -> torch.Tensor:
+        return g.contiguous(memory_format=memory_format_of(self.channels_last))
 
 
 class Relu(Rule):
@@ -182,16 +186,15 @@ class Relu(Rule):
             y = a
         else:
             y, mask = relu_mask(a, slope, run.keep)
-        return y, Mask(run.save(mask, "masks"), cl) if run.keeping else None
+        return y, Packed(run.save(mask, "masks"), cl) if run.keeping else None
 
     def backward(self, step, rec, g, saved):
         mask = rec.kept
-        g = g.to(rec.out_dtype).contiguous(memory_format=memory_format_of(mask.channels_last))
-        return (relu_mask_backward(g, saved[mask.slot], step.params["slope"]),)
+        return (relu_mask_backward(mask.layout(g.to(rec.out_dtype)), saved[mask.slot], step.params["slope"]),)
 
 
 class MaxPool(Rule):
-    """Kept: the index in ``saved`` of the packed window codes."""
+    """Kept: the packed window codes (:class:`Packed`)."""
 
     kind = "maxpool"
 
@@ -212,14 +215,14 @@ class MaxPool(Rule):
 
     def forward(self, step, env, run):
         p = step.params
-        y, codes = maxpool_codes(env[step.dynamic_inputs[0]], p["kernel"], p["stride"], p["padding"], p["dilation"],
-                                 p["ceil_mode"], run.keep)
-        return y, run.save(codes, "codes") if run.keeping else None
+        x = env[step.dynamic_inputs[0]]
+        y, codes = maxpool_codes(x, p["kernel"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"], run.keep)
+        return y, Packed(run.save(codes, "codes"), work_channels_last(x)) if run.keeping else None
 
     def backward(self, step, rec, g, saved):
-        p = step.params
-        return (maxpool_unroute(g.to(rec.out_dtype), saved[rec.kept], rec.in_shapes[0][2:], p["kernel"], p["stride"],
-                                p["padding"], p["dilation"]),)
+        p, codes = step.params, rec.kept
+        return (maxpool_unroute(codes.layout(g.to(rec.out_dtype)), saved[codes.slot], rec.in_shapes[0][2:], p["kernel"],
+                                p["stride"], p["padding"], p["dilation"]),)
 
 
 class AvgPool(Rule):

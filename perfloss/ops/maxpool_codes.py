@@ -1,16 +1,21 @@
 """perfloss::maxpool_codes — max pooling that keeps each window's argmax as a 2/4/8-bit code.
 
 ``maxpool_codes(x, kernel, stride, padding, dilation, ceil_mode, keep) -> (y, codes)``: ``y`` is
-``max_pool2d(x, ...)`` and ``codes`` holds, for every output element of the first ``keep`` samples
-(NCHW order), the position ``kh_i * kw + kw_i`` of the maximum inside its window, packed at
-:func:`perfloss.kernels.common.code_bits` bits (2 bits for 2x2 windows, 4 for 3x3), instead of eager's int64 indices.
+``max_pool2d(x, ...)`` (in ``x``'s working layout: channels_last or contiguous) and ``codes`` holds,
+for every output element of the first ``keep`` samples, the position ``kh_i * kw + kw_i`` of the
+maximum inside its window, packed at :func:`perfloss.kernels.common.code_bits` bits (2 bits for 2x2
+windows, 4 for 3x3), instead of eager's int64 indices. The codes follow ``y``'s memory order (NHWC
+for channels_last, NCHW otherwise), as the ReLU masks do (:mod:`perfloss.ops.relu_mask`), so that
+every kernel walks both in one order.
 Ties and NaN resolve as in eager PyTorch (first maximum in row-major window order; NaN wins, and
 an Inf is a maximum like any other), so ``y`` and the routed gradient equal eager's bit for bit,
 NaN and Inf included.
 
 ``maxpool_unroute(grad, codes, input_hw, kernel, stride, padding, dilation) -> grad_in`` routes
 each output gradient back to its argmax, accumulating where windows overlap (3x3 stride 2):
-exactly max_pool2d's backward. ``grad_in`` is contiguous (NCHW).
+exactly max_pool2d's backward. ``grad`` must be in the layout the codes were packed in (that of the
+forward's ``y``: channels_last or contiguous; its working layout is read as the codes' order), and
+``grad_in`` has that layout.
 
 Implementations: the ``*_reference`` functions below, C++ ``csrc/maxpool_codes.cpp`` (CPU), CUDA C++
 ``csrc/cuda/maxpool_codes.cu`` and Triton ``kernels/maxpool_codes.py`` (CUDA; per-element math shared with the CPU
@@ -25,7 +30,7 @@ import torch.nn.functional as F
 from perfloss.kernels.common import (code_bits, memory_format_of, packed_bytes, pair, pool_output_size,
                                      work_channels_last)
 from perfloss.ops import library
-from perfloss.ops.bitpack import pack, unpack
+from perfloss.ops.bitpack import from_memory_flat, pack, unpack
 
 
 def _window_origin(n_out, s, p, device):
@@ -41,22 +46,25 @@ def maxpool_codes_reference(x: torch.Tensor, kernel: List[int], stride: List[int
     h0 = _window_origin(oh, stride[0], padding[0], x.device).view(-1, 1)
     w0 = _window_origin(ow, stride[1], padding[1], x.device).view(1, -1)
     code = ((idx // w - h0) // dilation[0]) * kernel[1] + (idx % w - w0) // dilation[1]
-    return y, pack(code.contiguous(), code_bits(kernel[0] * kernel[1]))
+    cl = work_channels_last(x)
+    in_order = code.permute(0, 2, 3, 1) if cl else code  # y's memory order
+    return y.contiguous(memory_format=memory_format_of(cl)), pack(in_order.reshape(-1), code_bits(kernel[0] * kernel[1]))
 
 
 def maxpool_unroute_reference(grad: torch.Tensor, codes: torch.Tensor, input_hw: List[int], kernel: List[int],
                               stride: List[int], padding: List[int], dilation: List[int]) -> torch.Tensor:
     b, c, oh, ow = grad.shape
     h, w = input_hw
-    code = unpack(codes, code_bits(kernel[0] * kernel[1]), grad.numel()).long().view(b, c, oh, ow)
+    cl = work_channels_last(grad)
+    code = from_memory_flat(unpack(codes, code_bits(kernel[0] * kernel[1]), grad.numel()).long(), grad.shape, cl)
     h0 = _window_origin(oh, stride[0], padding[0], grad.device).view(-1, 1)
     w0 = _window_origin(ow, stride[1], padding[1], grad.device).view(1, -1)
     ih = h0 + (code // kernel[1]) * dilation[0]
     iw = w0 + (code % kernel[1]) * dilation[1]
-    idx = (ih * w + iw).view(b * c, oh * ow)
+    idx = ih * w + iw
     out = grad.new_zeros((b * c, h * w))
-    out.scatter_add_(1, idx, grad.reshape(b * c, oh * ow))
-    return out.view(b, c, h, w)
+    out.scatter_add_(1, idx.reshape(b * c, oh * ow), grad.reshape(b * c, oh * ow))
+    return out.view(b, c, h, w).contiguous(memory_format=memory_format_of(cl))
 
 
 maxpool_codes_op = library.define("maxpool_codes", maxpool_codes_reference,
@@ -76,7 +84,8 @@ def _(x, kernel, stride, padding, dilation, ceil_mode, keep):
 
 @maxpool_unroute_op.register_fake
 def _(grad, codes, input_hw, kernel, stride, padding, dilation):
-    return grad.new_empty((grad.shape[0], grad.shape[1], input_hw[0], input_hw[1]))
+    return grad.new_empty((grad.shape[0], grad.shape[1], input_hw[0], input_hw[1])).contiguous(
+        memory_format=memory_format_of(work_channels_last(grad)))
 
 
 def _window(kernel, stride):
