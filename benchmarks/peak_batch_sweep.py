@@ -1,7 +1,7 @@
 """Peak memory and time of one loss forward+backward step against batch size, per engine.
 
     python benchmarks/peak_batch_sweep.py [--device cpu] [--threads 2] [--autocast bfloat16]
-                                          [--target-pass split|ride]
+                                          [--target-pass split|ride] [--channels-last]
 
 Losses (random weights: memory and time do not depend on them; images in [0, 1]):
   content  VGG-16 relu2_2 MSE            PerceptualLoss("vgg16", ["relu2_2"])
@@ -17,6 +17,9 @@ own no_grad pass, chunk by chunk, and the deeper levels of perfloss.engine.walk.
 default) or ``ride`` (in each chunk's batch with its input images, one level: GPUs' default). On a CPU,
 ``ride`` with lean:N gives the peak of the CUDA schedule in chunks of N (the allocators differ, and
 cuDNN's workspaces are not modelled).
+
+--channels-last puts the images and the network's weights in channels_last, as a user whose generator
+works in that layout has them; every engine then runs in it.
 
 For each loss and batch, every engine's step is warmed up (compile compiles there), then timed
 once as a guard: a step over --max-seconds-per-step is skipped, and so are that loss and engine at
@@ -36,6 +39,7 @@ import torch
 
 from perfloss import bench, plots
 from perfloss.engine import memory, plan_for, walk
+from perfloss.kernels.common import memory_format_of
 
 import _timing  # benchmarks/_timing.py, next to this script
 
@@ -66,6 +70,11 @@ def precision_label(autocast: Optional[str]) -> str:
     return f"autocast {autocast}" if autocast else "fp32"
 
 
+def setting_label(args) -> str:
+    """The precision, and the layout when it is channels_last: for titles."""
+    return precision_label(args.autocast) + (", channels_last" if args.channels_last else "")
+
+
 def engine_name(text: str) -> str:
     """An --engines entry: one of ENGINES, or lean:N (the lean engine in chunks of N samples)."""
     kind, _, chunk = text.partition(":")
@@ -88,27 +97,32 @@ def target_pass(device: torch.device, way: Optional[str]):
         walk.SPLIT_TARGET_PASS_DEVICES = default
 
 
-def build_loss(name: str, engine: str, size: int, device: torch.device) -> torch.nn.Module:
+def build_loss(name: str, engine: str, size: int, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
     """The loss ``name`` on ``engine`` (``perfloss bench``'s own losses); ``compile`` is torch.compile
-    over the eager loss, ``lean:N`` the lean engine in chunks of N samples."""
+    over the eager loss, ``lean:N`` the lean engine in chunks of N samples; its network's weights in
+    channels_last when asked."""
     vgg19 = name == "l1"
     kind, _, chunk = engine.partition(":")
     loss = bench.build_loss(name, "vgg19" if vgg19 else "vgg16", VGG19_FIVE_TAPS if vgg19 else None, kind,
                             int(chunk) if chunk else None)
-    loss = loss.to(device)
+    loss = loss.to(device, memory_format=memory_format_of(channels_last))
     if name == "style":
         style_image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(device)
-        loss.set_target(style_image)
+        loss.set_target(style_image.contiguous(memory_format=memory_format_of(channels_last)))
     return torch.compile(loss) if engine == "compile" else loss
 
 
-def loss_inputs(name: str, batch: int, size: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
-    """(input,) for the style loss (its target is set), (input, target) for the others."""
+def loss_inputs(name: str, batch: int, size: int, device: torch.device,
+                channels_last: bool = False) -> Tuple[torch.Tensor, ...]:
+    """(input,) for the style loss (its target is set), (input, target) for the others; channels_last
+    images when asked."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 3, size, size, generator=gen).to(device).requires_grad_(True)
+    layout = memory_format_of(channels_last)
+    x = torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(memory_format=layout)
     if name == "style":
-        return (x,)
-    return x, torch.rand(batch, 3, size, size, generator=gen).to(device)
+        return (x.requires_grad_(True),)
+    return x.requires_grad_(True), torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(
+        memory_format=layout)
 
 
 def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast) -> _timing.Step:
@@ -129,11 +143,11 @@ def sweep(args, device: torch.device) -> List[Dict]:
     progress = tqdm(total=len(args.losses) * len(args.batches) * len(args.engines), desc="peak_batch_sweep",
                     unit="run")
     for name in args.losses:
-        losses = {engine: build_loss(name, engine, args.size, device) for engine in args.engines}
+        losses = {engine: build_loss(name, engine, args.size, device, args.channels_last) for engine in args.engines}
         held = held_per_sample_mib(losses["lean"], args.size) if "lean" in losses else None
         too_slow: Dict[str, str] = {}  # engine -> why its larger batches are skipped
         for batch in args.batches:
-            inputs = loss_inputs(name, batch, args.size, device)
+            inputs = loss_inputs(name, batch, args.size, device, args.channels_last)
             steps, notes = {}, {}
             for engine in args.engines:
                 progress.set_postfix_str(f"{name} {engine} batch {batch}")
@@ -151,7 +165,8 @@ def sweep(args, device: torch.device) -> List[Dict]:
             for engine in args.engines:
                 measured = engine in steps
                 rows.append({"loss": name, "engine": engine, "batch": batch, "size": args.size,
-                             "precision": precision_label(args.autocast), "target_pass": args.target_pass,
+                             "precision": precision_label(args.autocast), "channels_last": args.channels_last,
+                             "target_pass": args.target_pass,
                              "peak_mib": _timing.peak_mib(steps[engine], device) if measured else None,
                              "median_ms": times[engine].ms if measured else None,
                              "host_ms": times[engine].host_ms if measured else None, "note": notes.get(engine, ""),
@@ -193,7 +208,7 @@ def markdown(rows: List[Dict], args, device: torch.device) -> str:
     # each lean engine (lean, lean:N) against eager
     leans = [e for e in args.engines if e.partition(":")[0] == "lean"] if "eager" in args.engines else []
     sections = [(f"# Peak memory and median time of one loss forward+backward, {args.size}x{args.size}, "
-                 f"{precision_label(args.autocast)}, random weights (median of {args.repeat})\n\n"
+                 f"{setting_label(args)}, random weights (median of {args.repeat})\n\n"
                  f"Lean's target images: {TARGET_PASS_WORDS[args.target_pass]}.")]
     for name in args.losses:
         header = (["batch"] + [f"{e} peak MiB" for e in args.engines] + [f"{e} ms" for e in args.engines]
@@ -230,7 +245,7 @@ def plot(rows: List[Dict], args, env: Dict[str, str], path: str):
         panels.append(plots.Panel(curves, LOSSES[name], "batch size", "peak MiB of forward+backward",
                                   logx=True, xticks=list(args.batches)))
     return plots.plot_panels(path, panels, title=(
-        f"Peak memory per engine, {args.size}x{args.size} {precision_label(args.autocast)}, "
+        f"Peak memory per engine, {args.size}x{args.size} {setting_label(args)}, "
         f"{env['device']} ({env.get('device_name', env['machine'])}), torch {env['torch']}"))
 
 
@@ -243,11 +258,13 @@ def parse_args(argv: Optional[List[str]]):
     p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on CUDA)")
     p.add_argument("--repeat", type=int, help="timed rounds per configuration (default 5)")
     p.add_argument("--autocast", choices=tuple(AUTOCAST_DTYPES), help="run each forward under torch.autocast")
+    p.add_argument("--channels-last", action="store_true",
+                   help="images and the network's weights in channels_last (default: contiguous NCHW)")
     p.add_argument("--target-pass", choices=TARGET_PASSES,
                    help="how lean runs target images (default: the device's way; see above)")
     p.add_argument("--max-seconds-per-step", type=float, default=30.0,
                    help="skip a configuration (and its larger batches) whose step takes longer (default 30)")
-    _timing.add_machine_arguments(p, "benchmarks/results/peak_batch_sweep_<device>[_autocast_<dtype>]")
+    _timing.add_machine_arguments(p, "benchmarks/results/peak_batch_sweep_<device>[_autocast_<dtype>][_channels_last]")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: defaults size {QUICK['size']}, batches {QUICK['batches']}, "
                         f"repeat {QUICK['repeat']}")
@@ -261,7 +278,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args.size = args.size or (QUICK["size"] if args.quick else 256 if device.type == "cuda" else 128)
     args.batches = args.batches or list(QUICK["batches"] if args.quick else BATCHES)
     args.repeat = args.repeat or (QUICK["repeat"] if args.quick else 5)
-    suffix = f"_autocast_{args.autocast}" if args.autocast else ""
+    suffix = (f"_autocast_{args.autocast}" if args.autocast else "") + ("_channels_last" if args.channels_last else "")
     out = args.out or f"{_timing.RESULTS}/peak_batch_sweep_{device.type}{suffix}"
 
     env = _timing.environment(device, __file__, argv)

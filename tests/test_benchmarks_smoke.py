@@ -114,3 +114,15 @@ def test_chunk_host_time_quick(one_thread, benchmark_script, tmp_path):
     assert all(0 < r["host_ms"] <= r["median_ms"] for r in rows)
     with open(out + ".md") as f:
         assert "ms per chunk beyond chunks of 2" in f.read()
+
+
+def test_peak_batch_sweep_channels_last(one_thread, benchmark_script, tmp_path):
+    pytest.importorskip("matplotlib")
+    sweep = benchmark_script("peak_batch_sweep")
+    out = str(tmp_path / "cl")
+    assert sweep.main(["--quick", "--device", "cpu", "--losses", "content", "--engines", "eager", "lean", "--batches",
+                       "2", "--channels-last", "--out", out]) == 0
+    rows = read_results(out)
+    assert [r["channels_last"] for r in rows] == [True, True] and all(r["peak_mib"] > 0 for r in rows)
+    with open(out + ".md") as f:
+        assert "fp32, channels_last" in f.read()
