@@ -4,8 +4,10 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from perfloss.engine import DOUBLE_BACKWARD_ERROR, compile_plan, lean_loss, plan_for, target_features
+from perfloss.engine.memory import lean_expected_bytes
 from perfloss.heads import TapHead
 
 
@@ -196,6 +198,53 @@ def test_lean_steps_skip_autograd_dispatch_only_in_fully_lean_plans(monkeypatch,
     assert seen and not any(below for _, below in seen), seen
 
 
+class ReluPools(nn.Module):
+    """ReLUs before max pools: read by the pool alone (a 2x2 ceil_mode pool; an overlapping, padded 3x3
+    one), and the cases that keep their own mask: a LeakyReLU, a tapped ReLU, a ReLU read twice."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.r1, self.p1 = nn.Conv2d(3, 5, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.c2, self.r2, self.p2 = nn.Conv2d(5, 6, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, padding=1)
+        self.c3, self.r3, self.p3 = nn.Conv2d(6, 6, 3, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(2)
+        self.c4, self.r4, self.p4 = nn.Conv2d(6, 6, 1), nn.ReLU(), nn.MaxPool2d(2)
+        self.c5, self.r5, self.p5 = nn.Conv2d(6, 6, 1), nn.ReLU(), nn.MaxPool2d(2)
+
+    def forward(self, x):
+        a = self.p2(self.r2(self.c2(self.p1(self.r1(self.c1(x))))))
+        b = self.p3(self.r3(self.c3(a)))
+        r4 = self.r4(self.c4(b))
+        r5 = self.r5(self.c5(b))
+        return {"a": a, "r4": r4, "d": self.p4(r4), "e": self.p5(r5) + r5[:, :, :1, :1]}
+
+
+def test_relu_read_by_a_max_pool_alone_keeps_no_mask():
+    """Such a ReLU's mask is replaced by its pool's 1-bit output sign (a quarter of the bits behind a
+    2x2 pool); values and float64 gradients stay eager's, windows with no positive value included."""
+    net = frozen(ReluPools(), torch.float64)
+    with torch.no_grad():  # some channels negative almost everywhere: windows whose maximum is 0
+        net.c1.bias[:2] = -3.0
+        net.c2.bias[:3] = -2.0
+    plan = compile_plan(net)
+    assert [s.name for s in plan.steps if s.sign_at_pool] == ["r1", "p1", "r2", "p2"], plan.report()
+    assert "nothing (the max pool after it keeps its sign)" in plan.report()
+    heads = [TapHead("a", "mse"), TapHead("r4", "l1"), TapHead("d", "mse"), TapHead("e", "cosine")]
+    x = torch.randn(2, 3, 17, 14, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(2, 3, 17, 14, dtype=torch.float64)
+    y1 = net.r1(net.c1(x))
+    assert (F.max_pool2d(y1, 2, 2, ceil_mode=True) == 0).any()  # the y == 0 case is met
+    # mask bits of the two samples: r3, r4 and r5 at their own sizes, p1's and p2's outputs
+    bits = (2 * 6 * 5 * 4, 2 * 6 * 2 * 2, 2 * 6 * 2 * 2, 2 * 5 * 9 * 7, 2 * 6 * 5 * 4)
+    assert lean_expected_bytes(plan, x.shape, heads, torch.float64)["masks"] == sum(-(-n // 8) for n in bits)
+    for chunk_size in (None, 1):
+        v = lean_loss(plan, x, heads, target_x=t, chunk_size=chunk_size)
+        ve = eager_values(net, heads, x, target_x=t)
+        (g1,) = torch.autograd.grad(v.sum(), x)
+        (g2,) = torch.autograd.grad(ve.sum(), x)
+        assert rel_err(v, ve) < 1e-12 and rel_err(g1, g2) < 1e-12
+    assert torch.autograd.gradcheck(lambda x: lean_loss(plan, x, heads, target_x=t), (x,), fast_mode=True)
+
+
 class SameInputTwice(nn.Module):
     """One node on both sides of an op: ``a + a``, ``cat([a, a])``, and ``a * a`` (not a constant
     scale: a fallback)."""
@@ -283,6 +332,7 @@ def test_tap_grad_dtype_bfloat16_is_close_and_smaller():
 
 BACKBONES = [
     ("vgg16", ["relu1_2", "relu2_2", "relu3_3"], 32),
+    ("vgg19", ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"], 35),  # four ReLUs whose pools keep the sign
     ("vgg11_bn", None, 32),
     ("alexnet", None, None),
     ("squeezenet1_1", None, None),

@@ -35,6 +35,9 @@ class Step:
     reason: str = ""                   # why a step is a fallback
     # its one dynamic input is a fresh buffer (conv / bn output) that nothing reads after this step
     may_overwrite: bool = False
+    # a ReLU read by one max pool and nothing else (no tap): the pool keeps its output's sign, 1 bit per
+    # pool output, instead of the ReLU's mask, 1 bit per input (see rules.MaxPool); set on both steps
+    sign_at_pool: bool = False
 
     @property
     def name(self) -> str:
@@ -105,6 +108,9 @@ class Plan:
                 src = producer.get(s.dynamic_inputs[0])
                 s.may_overwrite = (src is not None and src.rule.fresh_output and src.name not in self.tap_of_node
                                    and last_use[src.name] == i and len(src.node.users) == 1)  # no alias lives on
+                if (s.kind == "maxpool" and src is not None and src.kind == "relu" and src.params["slope"] == 0.0
+                        and src.name not in self.tap_of_node and len(src.node.users) == 1):
+                    s.sign_at_pool = src.sign_at_pool = True
 
     @property
     def is_lean(self) -> bool:

@@ -10,8 +10,10 @@ counts them. Adding a kind is adding a class here and its instance to ``RULES``.
 kind                 ops                                  kept for backward
 ==================== =================================== =========================================
 ``conv``             nn.Conv2d (zeros padding)            nothing (the frozen weight, grad-input only)
-``relu``             nn.ReLU, nn.LeakyReLU, F.relu, ...    1-bit packed sign mask
+``relu``             nn.ReLU, nn.LeakyReLU, F.relu, ...    1-bit packed sign mask (none before a max pool,
+                                                          its only reader: see ``maxpool``)
 ``maxpool``          nn.MaxPool2d                         2/4/8-bit window argmax code per output
+                                                          (after such a ReLU: and 1 bit, output > 0)
 ``avgpool``          nn.AvgPool2d                         nothing
 ``l2pool``           DISTS's L2 pooling (vgg.l2_pool2d)   its input (the output is recomputed in backward)
 ``adaptive_avgpool`` nn.AdaptiveAvgPool2d                 nothing
@@ -177,24 +179,44 @@ class Relu(Rule):
             return dict(slope=float(slope))
         return None
 
+    def describe(self, step):
+        return "nothing (the max pool after it keeps its sign)" if step.sign_at_pool else self.keeps
+
     def forward(self, step, env, run):
         a = env[step.dynamic_inputs[0]]
         slope = step.params["slope"]
         cl = work_channels_last(a)
+        keep = 0 if step.sign_at_pool else run.keep
         if step.may_overwrite and not a.requires_grad and a.is_contiguous(memory_format=memory_format_of(cl)):
-            mask = relu_mask_(a, slope, run.keep)  # activation and mask in one pass, no second buffer
+            mask = relu_mask_(a, slope, keep)  # activation and mask in one pass, no second buffer
             y = a
         else:
-            y, mask = relu_mask(a, slope, run.keep)
-        return y, Packed(run.save(mask, "masks"), cl) if run.keeping else None
+            y, mask = relu_mask(a, slope, keep)
+        if not run.keeping or step.sign_at_pool:
+            return y, None
+        return y, Packed(run.save(mask, "masks"), cl)
 
     def backward(self, step, rec, g, saved):
+        if step.sign_at_pool:  # the pool's backward applied this ReLU's derivative
+            return (g,)
         mask = rec.kept
         return (relu_mask_backward(mask.layout(g.to(rec.out_dtype)), saved[mask.slot], step.params["slope"]),)
 
 
+class PoolKept(NamedTuple):
+    """A max pool's packed window codes, and the packed sign of its output when a ReLU feeds it alone."""
+
+    codes: Packed
+    sign: Optional[Packed]
+
+
 class MaxPool(Rule):
-    """Kept: the packed window codes (:class:`Packed`)."""
+    """Kept: :class:`PoolKept`.
+
+    After a ReLU that only it reads (``step.sign_at_pool``), the pool keeps 1 bit per output, y > 0,
+    and the ReLU keeps nothing: the gradient reaches only each window's argmax, where the ReLU's
+    derivative is 1 exactly when y > 0 (y = 0: the whole window was <= 0; NaN: 0, as the ReLU mask
+    gives). A 2x2 pool's input has four times its outputs: 3 bits of every 4 saved."""
 
     kind = "maxpool"
 
@@ -211,18 +233,28 @@ class MaxPool(Rule):
 
     def describe(self, step):
         k = step.params["kernel"]
-        return f"window codes ({code_bits(k[0] * k[1])} bits)"
+        return f"window codes ({code_bits(k[0] * k[1])} bits)" + (" and the sign of its output (1 bit)"
+                                                                   if step.sign_at_pool else "")
 
     def forward(self, step, env, run):
         p = step.params
         x = env[step.dynamic_inputs[0]]
         y, codes = maxpool_codes(x, p["kernel"], p["stride"], p["padding"], p["dilation"], p["ceil_mode"], run.keep)
-        return y, Packed(run.save(codes, "codes"), work_channels_last(x)) if run.keeping else None
+        if not run.keeping:
+            return y, None
+        cl = work_channels_last(x)
+        sign = None
+        if step.sign_at_pool:  # y >= 0 (or NaN): the in-place ReLU leaves its values as they are
+            sign = Packed(run.save(relu_mask_(y, 0.0, run.keep), "masks"), cl)
+        return y, PoolKept(Packed(run.save(codes, "codes"), cl), sign)
 
     def backward(self, step, rec, g, saved):
-        p, codes = step.params, rec.kept
-        return (maxpool_unroute(codes.layout(g.to(rec.out_dtype)), saved[codes.slot], rec.in_shapes[0][2:], p["kernel"],
-                                p["stride"], p["padding"], p["dilation"]),)
+        p, kept = step.params, rec.kept
+        g = kept.codes.layout(g.to(rec.out_dtype))
+        if kept.sign is not None:
+            g = relu_mask_backward(g, saved[kept.sign.slot], 0.0)
+        return (maxpool_unroute(g, saved[kept.codes.slot], rec.in_shapes[0][2:], p["kernel"], p["stride"], p["padding"],
+                                p["dilation"]),)
 
 
 class AvgPool(Rule):
