@@ -5,7 +5,9 @@ target images in one batch; on CPU the target images go first in a no_grad pass 
 ``walk.SPLIT_TARGET_PASS_DEVICES``), calls every head's fused ``values_and_grad`` at its tap, and keeps
 for backward only:
 
-- a 1-bit packed sign mask per ReLU/LeakyReLU (input half of the batch only),
+- a 1-bit packed sign mask per ReLU/LeakyReLU (input half of the batch only), except for a ReLU that
+  only a max pool reads, whose pool keeps the sign of its own output instead (a quarter of the bits
+  behind a 2x2 pool),
 - a 2/4/8-bit argmax code per max-pool output,
 - per tapped node, the sum of its heads' gradients (fp32 by default, ``tap_grad_dtype`` to keep it
   in e.g. bfloat16 -- then no longer bit-exact), or, when the only head there is an L1 head, the
