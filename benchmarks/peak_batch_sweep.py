@@ -27,8 +27,9 @@ larger batches (noted in the table). The median time comes from --repeat rounds 
 the engines; the peak (perfloss.engine.memory.peak_bytes: exact allocator peak above what was
 allocated before the step) from a run of its own. On CUDA the table also gives each engine's host
 ms: the median time until the step's Python call returned, before the GPU synchronised (a lean
-engine in small chunks whose host time is about its whole time is bound by issuing kernels). Writes <out>.md, .json, .csv and .png (peak
-MiB against batch, one line per engine, one panel per loss).
+engine in small chunks whose host time is about its whole time is bound by issuing kernels).
+Writes <out>.md, .json, .csv and .png (peak MiB against batch, one line per engine, one panel per
+loss).
 """
 import argparse
 import contextlib
