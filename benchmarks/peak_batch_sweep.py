@@ -118,12 +118,13 @@ def loss_inputs(name: str, batch: int, size: int, device: torch.device,
     """(input,) for the style loss (its target is set), (input, target) for the others; channels_last
     images when asked."""
     gen = torch.Generator().manual_seed(0)
-    layout = memory_format_of(channels_last)
-    x = torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(memory_format=layout)
-    if name == "style":
-        return (x.requires_grad_(True),)
-    return x.requires_grad_(True), torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(
-        memory_format=layout)
+
+    def images():
+        return torch.rand(batch, 3, size, size, generator=gen).to(device).contiguous(
+            memory_format=memory_format_of(channels_last))
+
+    x = images().requires_grad_(True)
+    return (x,) if name == "style" else (x, images())
 
 
 def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast) -> _timing.Step:

@@ -23,6 +23,12 @@ __device__ inline void unflatten(int64_t e, int64_t C, int64_t H, int64_t W, boo
   }
 }
 
+// The inverse of unflatten: element (b, c, h, w)'s index in the memory order.
+__device__ inline int64_t flatten(int64_t b, int64_t c, int64_t h, int64_t w, int64_t C, int64_t H, int64_t W,
+                                  bool channels_last) {
+  return channels_last ? ((b * H + h) * W + w) * C + c : ((b * C + c) * H + h) * W + w;
+}
+
 // One thread per code byte: its 8 / bits consecutive outputs (in y's memory order, so that the
 // threads of a warp read neighbouring inputs in either layout), so no two threads write one byte.
 // Outputs past n_keep are pooled without a code.
@@ -68,8 +74,7 @@ __global__ void maxpool_unroute_kernel(const T* grad, Dims4 gd, bool channels_la
         const int64_t tw = iw + g.pw - j * g.dw;
         if (tw < 0 || tw % g.sw != 0 || tw / g.sw >= gd.w) continue;
         const int64_t ow = tw / g.sw;
-        const int64_t at = channels_last ? ((b * gd.h + oh) * gd.w + ow) * gd.c + c : ((b * gd.c + c) * gd.h + oh) * gd.w + ow;
-        if (packed_code_at(codes, at, bits) == i * g.kw + j)
+        if (packed_code_at(codes, flatten(b, c, oh, ow, gd.c, gd.h, gd.w, channels_last), bits) == i * g.kw + j)
           acc += cast_to<A>(grad[b * gd.s0 + c * gd.s1 + oh * gd.s2 + ow * gd.s3]);
       }
     }
