@@ -83,13 +83,17 @@ def _ddp_worker(rank, world, init_file, out_file):
     loss.backward()
     if rank == 0:  # after backward's all-reduce: both ranks' gradients are in
         torch.save({"grad": gen.weight.grad.clone(), "state": gen.state_dict()}, out_file)
-    # No rank may exit while gloo still carries a message to another (a barrier's own last message
-    # races the sender's exit: seen as a rank waiting forever): meet in a file store, outside gloo.
+    # No rank may exit while gloo still carries a message to another, nor while another still tears its
+    # gloo connections down (a barrier's own last message races the sender's exit; DDP's reference to
+    # the process group, dropped only when this frame ended, tore it down after the peer had gone: both
+    # seen as a rank waiting forever). So every rank drops its process group first, then they meet in a
+    # file store, outside gloo.
+    del model, loss
+    dist.destroy_process_group()
     done = dist.FileStore(init_file + ".done", world)
     if done.add("ranks", 1) == world:
         done.set("all", "1")
     done.wait(["all"])
-    dist.destroy_process_group()
 
 
 def test_ddp_two_cpu_processes(tmp_path):
