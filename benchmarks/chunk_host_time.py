@@ -1,6 +1,6 @@
 """The host time one chunk of the lean walk costs: Python steps and op calls, with the compute taken away.
 
-    python benchmarks/chunk_host_time.py [--device cpu] [--threads 1] [--distance l1|mse]
+    python benchmarks/chunk_host_time.py [--device cpu] [--threads 1] [--distance l1|mse] [--graphs]
 
 The network is VGG-19's layers up to relu5_1 at 1/16 of their width (4 to 32 channels), tapped at
 relu1_1, relu2_1, relu3_1, relu4_1 and relu5_1 with one --distance head each, on 16x16 images: its
@@ -11,7 +11,9 @@ perfloss.engine.walk.SPLIT_TARGET_PASS_DEVICES), timed in --repeat interleaved r
 gives the median step, its host part (until the Python call returned; on CUDA, before the GPU
 synchronised) and, against the largest chunk size, the milliseconds each extra chunk adds.
 On a GPU, compare that per-chunk cost with a chunk's GPU time in benchmarks/peak_batch_sweep.py to see
-whether small chunks are launch-bound. Writes <out>.md, .json and .csv.
+whether small chunks are launch-bound; --graphs adds both ways with each chunk's walk recorded as a
+CUDA graph and replayed (split+graphs, ride+graphs), what one replay per chunk leaves of that cost.
+Writes <out>.md, .json and .csv.
 """
 import argparse
 import sys
@@ -20,11 +22,12 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 
+from perfloss import cuda_graphs
 from perfloss.engine import compile_plan, lean_loss
 from perfloss.heads import TapHead
 
 import _timing  # benchmarks/_timing.py and peak_batch_sweep.py, next to this script
-from peak_batch_sweep import TARGET_PASSES, target_pass
+from peak_batch_sweep import RECORDED, TARGET_PASSES, chunk_recording, target_pass
 
 # VGG-19's convolutions up to relu5_1 ("M": a 2x2 max pool), 1/16 of their width
 NARROW_VGG19 = (4, 4, "M", 8, 8, "M", 16, 16, 16, 16, "M", 32, 32, 32, 32, "M", 32)
@@ -55,12 +58,13 @@ def measure(args, device: torch.device) -> List[Dict]:
 
     def step_of(chunk: int, way: str):
         def step():
-            with target_pass(device, way):
+            with target_pass(device, way.removesuffix(RECORDED)), chunk_recording(device, way.endswith(RECORDED)):
                 lean_loss(plan, x, heads, target_x=target, chunk_size=chunk).sum().backward()
             x.grad = None
         return step
 
-    steps = {(way, chunk): step_of(chunk, way) for way in TARGET_PASSES for chunk in args.chunks}
+    ways = list(TARGET_PASSES) + ([w + RECORDED for w in TARGET_PASSES] if args.graphs else [])
+    steps = {(way, chunk): step_of(chunk, way) for way in ways for chunk in args.chunks}
     for step in steps.values():
         _timing.warm_up(step, device)
     times = _timing.interleaved_medians({f"{w}:{c}": s for (w, c), s in steps.items()}, args.repeat, device)
@@ -93,6 +97,8 @@ def parse_args(argv: Optional[List[str]]):
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--chunks", nargs="+", type=int, help="chunk sizes (default 1 2 4 and the batch)")
     p.add_argument("--repeat", type=int, default=20, help="timed rounds (default 20)")
+    p.add_argument("--graphs", action="store_true",
+                   help=f"each way also with its chunks recorded as CUDA graphs and replayed ({RECORDED}; CUDA only)")
     _timing.add_machine_arguments(p, "benchmarks/results/chunk_host_time_<device>")
     return p.parse_args(argv)
 
@@ -101,6 +107,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     device = _timing.machine(args)
+    if args.graphs and device.type not in cuda_graphs.CAPTURE:
+        raise SystemExit("chunk_host_time: --graphs records CUDA graphs: it needs --device cuda")
     args.chunks = sorted(set(args.chunks or [c for c in (1, 2, 4) if c < args.batch] + [args.batch]))
     out = args.out or f"{_timing.RESULTS}/chunk_host_time_{device.type}"
     env = _timing.environment(device, __file__, argv)

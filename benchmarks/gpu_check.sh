@@ -14,9 +14,9 @@
 # 1. the CUDA-marked tests: every op on its C++ CUDA kernel, Triton and the reference; the benchmark
 #    losses lean against eager and float64 on each implementation; torch.compile; PGN CUDA graphs;
 # 2. issue 9's GPU item at 256x256 batch 16, fp32 and bf16 autocast: the peak-memory sweep (with the lean
-#    engine at several chunk sizes, to tune its CUDA memory budget; with the target images in a pass of
-#    their own; and on the C++ CUDA kernels in place of Triton's), the host time a chunk costs
-#    (benchmarks/chunk_host_time.py) and the training step;
+#    engine at several chunk sizes, to tune its CUDA memory budget, with and without its chunks recorded
+#    as CUDA graphs (+graphs); with the target images in a pass of their own; and on the C++ CUDA kernels
+#    in place of Triton's), the host time a chunk costs (benchmarks/chunk_host_time.py) and the training step;
 # 3. C++ CUDA vs Triton vs eager (and torch.compile) per loss op: benchmarks/loss_ops_gpu.py;
 # 4. the ops' C++ CUDA tests under compute-sanitizer memcheck;
 # 5. perfloss bench (every engine, torch.compile too), the PGN benchmark, the > 2^31-element tests.
@@ -88,10 +88,12 @@ cat "$out/backend_info.json"
 step tests_cuda 240 "${tests[@]}" "$py" -m pytest . -m cuda -q -p no:cacheprovider --timeout 120 -n 16 -rf --tb=short
 
 sweep=("$py" benchmarks/peak_batch_sweep.py --device cuda --size 256 --batches 16 --repeat 5)
-step peak_sweep_fp32 90 "${sweep[@]}" --engines eager lean lean:1 lean:2 lean:4 lean:8 lean:16 checkpoint \
+step peak_sweep_fp32 110 "${sweep[@]}" --engines eager lean lean:1 lean:2 lean:4 lean:8 lean:16 checkpoint \
+  lean+graphs lean:1+graphs lean:2+graphs \
   --out "$out/peak_batch_sweep_cuda"
-step chunk_host_time 20 "$py" benchmarks/chunk_host_time.py --device cuda --out "$out/chunk_host_time_cuda"
-step peak_sweep_bf16 60 "${sweep[@]}" --engines eager lean lean:1 lean:4 checkpoint --autocast bfloat16 \
+step chunk_host_time 30 "$py" benchmarks/chunk_host_time.py --device cuda --graphs --out "$out/chunk_host_time_cuda"
+step peak_sweep_bf16 70 "${sweep[@]}" --engines eager lean lean:1 lean:4 checkpoint lean:1+graphs lean:4+graphs \
+  --autocast bfloat16 \
   --out "$out/peak_batch_sweep_cuda_autocast_bfloat16"
 step train_step 90 "$py" benchmarks/train_step.py --device cuda --size 256 --batch 16 --repeat 5 \
   --budget-mib 24576 --out "$out/train_step_cuda"

@@ -10,7 +10,9 @@ Losses (random weights: memory and time do not depend on them; images in [0, 1])
   lpips    LPIPS-VGG                     LPIPS(net="vgg", normalize=True)
 Engines: eager, lean (default chunking: chunk from its memory budget), lean:N (lean in chunks of N
 samples, to tune the budget), checkpoint (torch.utils.checkpoint of the backbone), compile
-(torch.compile of the eager loss).
+(torch.compile of the eager loss). A lean engine ending in +graphs (lean+graphs, lean:1+graphs; CUDA
+only) records each chunk's walk as a CUDA graph and replays it (perfloss.engine.walk.ChunkRecording);
+its peak adds the recordings' memory pools, which it holds between steps.
 
 --target-pass, to compare the lean walk's two ways with target images on one device: ``split`` (their
 own no_grad pass, chunk by chunk, and the deeper levels of perfloss.engine.walk.levels_for: CPUs'
@@ -38,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from perfloss import bench, plots
+from perfloss import bench, cuda_graphs, plots
 from perfloss.engine import memory, plan_for, walk
 from perfloss.kernels.common import memory_format_of
 
@@ -76,12 +78,33 @@ def setting_label(args) -> str:
     return precision_label(args.autocast) + (", channels_last" if args.channels_last else "")
 
 
+RECORDED = "+graphs"  # a lean engine's suffix: its chunks' walks recorded as CUDA graphs and replayed
+
+
 def engine_name(text: str) -> str:
-    """An --engines entry: one of ENGINES, or lean:N (the lean engine in chunks of N samples)."""
-    kind, _, chunk = text.partition(":")
-    if text in ENGINES or (kind == "lean" and chunk.isdigit() and int(chunk) >= 1):
+    """An --engines entry: one of ENGINES, or lean:N (the lean engine in chunks of N samples); lean
+    engines may end in +graphs (CUDA only)."""
+    kind, _, chunk = text.removesuffix(RECORDED).partition(":")
+    if text in ENGINES or (kind == "lean" and (chunk == "" or chunk.isdigit() and int(chunk) >= 1)):
         return text
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(ENGINES)} or lean:N with N >= 1, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(ENGINES)} or lean:N with N >= 1 (a lean engine "
+                                     f"may end in {RECORDED}), got {text!r}")
+
+
+def is_lean(engine: str) -> bool:
+    return engine.partition(":")[0].removesuffix(RECORDED) == "lean"
+
+
+@contextlib.contextmanager
+def chunk_recording(device: torch.device, on: bool):
+    """Inside, the lean walk records and replays its chunks on ``device`` (CUDA graphs), or does not."""
+    default = walk.CHUNK_RECORDING_DEVICES
+    others = tuple(d for d in default if d != device.type)
+    walk.CHUNK_RECORDING_DEVICES = others + ((device.type,) if on else ())
+    try:
+        yield
+    finally:
+        walk.CHUNK_RECORDING_DEVICES = default
 
 
 @contextlib.contextmanager
@@ -103,7 +126,7 @@ def build_loss(name: str, engine: str, size: int, device: torch.device, channels
     over the eager loss, ``lean:N`` the lean engine in chunks of N samples; its network's weights in
     channels_last when asked."""
     vgg19 = name == "l1"
-    kind, _, chunk = engine.partition(":")
+    kind, _, chunk = engine.removesuffix(RECORDED).partition(":")
     loss = bench.build_loss(name, "vgg19" if vgg19 else "vgg16", VGG19_FIVE_TAPS if vgg19 else None, kind,
                             int(chunk) if chunk else None)
     loss = loss.to(device, memory_format=memory_format_of(channels_last))
@@ -127,14 +150,28 @@ def loss_inputs(name: str, batch: int, size: int, device: torch.device,
     return (x,) if name == "style" else (x, images())
 
 
-def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast) -> _timing.Step:
-    """One forward (under ``autocast()``) and backward; the input's gradient is dropped after."""
+def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast,
+              recorded: Optional[torch.device] = None) -> _timing.Step:
+    """One forward (under ``autocast()``) and backward; the input's gradient is dropped after. With
+    ``recorded`` (a device), the lean walk's chunks are recorded and replayed there."""
     def step():
-        with autocast():
-            value = loss(*inputs)
-        value.backward()
+        with chunk_recording(recorded or inputs[0].device, recorded is not None):
+            with autocast():
+                value = loss(*inputs)
+            value.backward()
         inputs[0].grad = None
     return step
+
+
+def step_peak_mib(engine: str, step: _timing.Step, device: torch.device) -> float:
+    """The step's exact allocator peak; for a +graphs engine, plus the memory pools of the recordings
+    its step replays (made afresh, so only its own count): device memory they hold between steps,
+    which a replay, allocating nothing, does not show in the peak."""
+    if not engine.endswith(RECORDED):
+        return _timing.peak_mib(step, device)
+    walk.clear_chunk_recordings()
+    step()
+    return _timing.peak_mib(step, device) + walk.recorded_pool_bytes() / memory.MiB
 
 
 def sweep(args, device: torch.device) -> List[Dict]:
@@ -156,7 +193,7 @@ def sweep(args, device: torch.device) -> List[Dict]:
                 if engine in too_slow:
                     notes[engine] = too_slow[engine]
                     continue
-                step = loss_step(losses[engine], inputs, autocast)
+                step = loss_step(losses[engine], inputs, autocast, device if engine.endswith(RECORDED) else None)
                 seconds = _timing.warm_up(step, device)
                 if seconds > args.max_seconds_per_step:
                     notes[engine] = f"skipped: {seconds:.1f} s per step at batch {batch} > --max-seconds-per-step"
@@ -169,7 +206,7 @@ def sweep(args, device: torch.device) -> List[Dict]:
                 rows.append({"loss": name, "engine": engine, "batch": batch, "size": args.size,
                              "precision": precision_label(args.autocast), "channels_last": args.channels_last,
                              "target_pass": args.target_pass,
-                             "peak_mib": _timing.peak_mib(steps[engine], device) if measured else None,
+                             "peak_mib": step_peak_mib(engine, steps[engine], device) if measured else None,
                              "median_ms": times[engine].ms if measured else None,
                              "host_ms": times[engine].host_ms if measured else None, "note": notes.get(engine, ""),
                              "held_per_sample_mib": held if engine == "lean" else None})
@@ -207,8 +244,8 @@ def markdown(rows: List[Dict], args, device: torch.device) -> str:
     time against eager's; on CUDA, each engine's host ms too (see ``_timing.Timing``)."""
     by_key = _lookup(rows)
     host = args.engines if device.type == "cuda" else []
-    # each lean engine (lean, lean:N) against eager
-    leans = [e for e in args.engines if e.partition(":")[0] == "lean"] if "eager" in args.engines else []
+    # each lean engine (lean, lean:N, either +graphs) against eager
+    leans = [e for e in args.engines if is_lean(e)] if "eager" in args.engines else []
     sections = [(f"# Peak memory and median time of one loss forward+backward, {args.size}x{args.size}, "
                  f"{setting_label(args)}, random weights (median of {args.repeat})\n\n"
                  f"Lean's target images: {TARGET_PASS_WORDS[args.target_pass]}.")]
@@ -277,6 +314,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     device = _timing.machine(args)
+    if device.type not in cuda_graphs.CAPTURE and any(e.endswith(RECORDED) for e in args.engines):
+        raise SystemExit(f"peak_batch_sweep: {RECORDED} engines record CUDA graphs: they need --device cuda")
     args.size = args.size or (QUICK["size"] if args.quick else 256 if device.type == "cuda" else 128)
     args.batches = args.batches or list(QUICK["batches"] if args.quick else BATCHES)
     args.repeat = args.repeat or (QUICK["repeat"] if args.quick else 5)

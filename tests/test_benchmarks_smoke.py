@@ -126,3 +126,30 @@ def test_peak_batch_sweep_channels_last(one_thread, benchmark_script, tmp_path):
     assert [r["channels_last"] for r in rows] == [True, True] and all(r["peak_mib"] > 0 for r in rows)
     with open(out + ".md") as f:
         assert "fp32, channels_last" in f.read()
+
+
+def test_recorded_engines_with_a_stand_in_capture(one_thread, benchmark_script, tmp_path, monkeypatch):
+    """The +graphs engines and --graphs, through the CPU stand-in for a CUDA graph capture
+    (test_chunk_recording.TracingCapture): each recorded step replays, its peak adds the (here empty)
+    pools, and the walk's switch comes back off after."""
+    pytest.importorskip("matplotlib")
+    from test_chunk_recording import TracingCapture
+    from perfloss import cuda_graphs
+    from perfloss.engine import walk
+
+    capture = TracingCapture()
+    monkeypatch.setitem(cuda_graphs.CAPTURE, "cpu", capture)
+    sweep = benchmark_script("peak_batch_sweep")
+    out = str(tmp_path / "recorded")
+    assert sweep.main(["--quick", "--device", "cpu", "--losses", "l1", "--engines", "eager", "lean:1",
+                       "lean:1+graphs", "--batches", "2", "--target-pass", "ride", "--out", out]) == 0
+    rows = read_results(out)
+    assert [r["engine"] for r in rows] == ["eager", "lean:1", "lean:1+graphs"] and all(r["peak_mib"] > 0 for r in rows)
+    with open(out + ".md") as f:
+        assert "eager/lean:1+graphs peak" in f.read()
+    assert capture.captures == 4 and walk.CHUNK_RECORDING_DEVICES == ()  # the warm-up's and the peak run's
+    host = benchmark_script("chunk_host_time")
+    assert host.main(["--device", "cpu", "--batch", "2", "--chunks", "1", "--repeat", "1", "--graphs",
+                      "--out", str(tmp_path / "host")]) == 0
+    assert {r["target_pass"] for r in read_results(str(tmp_path / "host"))} == {"split", "ride", "split+graphs",
+                                                                                 "ride+graphs"}

@@ -16,7 +16,8 @@ Modules, each importing only those below it:
   L1 head).
 - :mod:`perfloss.engine.walk`: the one plan walker (target pass, input pass, memory estimate) and
   the backward walk, both chunk by chunk over the batch (``chunk_size_for``: the chunk a memory
-  budget allows).
+  budget allows; ``ChunkRecording``: each chunk's walk recorded once as a CUDA graph and replayed,
+  where ``CHUNK_RECORDING_DEVICES`` says).
 - :mod:`perfloss.engine.lean_op`: the ``perfloss::lean_forward`` / ``perfloss::lean_backward`` custom
   ops (used for fully lean plans), so ``torch.compile(fullgraph=True)`` traces through them.
 - :mod:`perfloss.engine.lean`: ``lean_loss`` / ``target_features`` / ``LeanLossFunction``.

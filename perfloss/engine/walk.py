@@ -15,13 +15,19 @@ larger chunks, up to the whole batch, made of the first chunks' values at the cu
 no more than a first chunk (:func:`levels_for`). Given the loss's ``affine`` (its map from pixels to
 network input), each chunk's images are mapped as the chunk starts, so no normalised copy of the
 whole batch exists either.
+
+On the devices in ``CHUNK_RECORDING_DEVICES`` a fully lean plan's chunk walks, forward and back, are
+recorded once per level, rows and input signature and replayed (:class:`ChunkRecording`, CUDA
+graphs): a chunk then costs the host one launch instead of a Python step per op.
 """
+import collections
 import contextlib
 import copy
 from typing import Any, Callable, Container, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
+from perfloss.cuda_graphs import Recording, can_record, new_pool
 from perfloss.engine.plan import Plan
 from perfloss.engine.rules import CONST
 from perfloss.engine.taps import TapRecord, prepare_targets, tap_forward
@@ -54,6 +60,11 @@ TRANSIENT_ACTIVATIONS = 3
 # Four when each sample's target image rides in the chunk (devices outside SPLIT_TARGET_PASS_DEVICES):
 # the two images' inputs and outputs of that step in forward.
 RIDING_TARGET_ACTIVATIONS = 4
+# Devices where each chunk's walk, forward and backward, is recorded once as a CUDA graph and replayed
+# (:class:`ChunkRecording`): a chunk issues some hundred small kernels, and a GPU may run them faster
+# than Python issues them. Off until a GPU has measured it: ("cuda",) turns it on. Recordings are replayed
+# from one thread on one stream (their static buffers and memory pools are shared, not per thread).
+CHUNK_RECORDING_DEVICES: Tuple[str, ...] = ()
 # What the values at the cuts that the deeper levels of the walk wait on (:func:`levels_for`) may take
 # together, as a share of one first-level chunk's transients.
 CUT_VALUES_SHARE = 0.5
@@ -137,13 +148,16 @@ def on_meta(call: Call) -> Call:
 class Pass:
     """What walks keep: nothing, or (``keeping``) the masks and codes of the first ``keep`` samples of
     each walk's batch (the input chunk; target images follow it), every kept tensor of every walk in
-    one ``saved`` list, their bytes by kind in ``held``."""
+    one ``saved`` list, their bytes by kind in ``held``. A walk's records index ``saved`` from ``base``,
+    where the walk began: what a chunk keeps is a run of ``saved`` whose indices do not depend on the
+    chunks before it, so one recorded walk serves every chunk (:class:`ChunkRecording`)."""
 
-    __slots__ = ("gm", "keep", "saved", "held")
+    __slots__ = ("gm", "keep", "base", "saved", "held")
 
     def __init__(self, gm: torch.fx.GraphModule, keeping: bool):
         self.gm = gm
         self.keep = 0
+        self.base = 0
         self.saved: Optional[List[torch.Tensor]] = [] if keeping else None
         self.held = dict(masks=0, codes=0, taps=0, inputs=0)
 
@@ -157,7 +171,7 @@ class Pass:
         self.saved.append(t)
         if holds is not None:
             self.held[holds] += t.nbytes
-        return len(self.saved) - 1
+        return len(self.saved) - 1 - self.base
 
 
 class StepRecord(NamedTuple):
@@ -172,13 +186,20 @@ class StepRecord(NamedTuple):
 
 class Chunk(NamedTuple):
     """One piece of the input pass: its rows of the batch, the plan steps it walked (from ``first``,
-    one record each) and what its walk kept."""
+    one record each), what its walk kept (``saved[base:base + count]``; the records index that run)
+    and the recording that walked it, if one did."""
 
     start: int
     stop: int
     first: int
     steps: List[Optional[StepRecord]]  # per walked step, None for const steps
     taps: Dict[str, Optional[TapRecord]]  # per tapped node
+    base: int
+    count: int
+    recording: Optional["ChunkRecording"]
+
+    def kept(self, saved: Sequence[torch.Tensor]) -> Sequence[torch.Tensor]:
+        return saved[self.base:self.base + self.count]
 
 
 class Forward(NamedTuple):
@@ -344,6 +365,10 @@ class _LevelWalk:
         self.split_target, self.levels, self.affine, self.run = split_target, levels, affine, run
         self.chunks: List[Chunk] = []
         self.total: Optional[torch.Tensor] = None
+        # the chunks' walks recorded and replayed: a fully lean plan's, for backward
+        records = (run.keeping and call.plan.is_lean
+                   and x.device.type in CHUNK_RECORDING_DEVICES and can_record(x.device))
+        self.recording_key = _recording_key(call, x.device) if records else None
 
     def rows(self, level: int, start: int, stop: int) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Level ``level`` over rows [start, stop), after the level above over them: the values of the
@@ -371,10 +396,22 @@ class _LevelWalk:
         if self.split_target:
             chunk_targets, target_cut = prepared_targets(self.call, target_inp, first, end)
             target_inp = None
-        self.run.keep = stop - start if self.run.keeping else 0
-        part_total, steps, taps, cut = _forward_chunk(self.call, inp, target_inp, chunk_targets, self.run, first,
-                                                      end, None if self.total is None else self.total[part])
-        self.chunks.append(Chunk(start, stop, first, steps, taps))
+        run = self.run
+        run.keep = stop - start if run.keeping else 0
+        run.base = len(run.saved) if run.keeping else 0
+        # rows a level above walked add to their values; at the first level they start from none
+        chunk = ChunkInputs(first, end, inp, target_inp, chunk_targets,
+                            self.total[part] if level > 0 and self.total is not None else None)
+        recording = None
+        if self.recording_key is not None:
+            inputs = ChunkRecording.inputs(self.call, chunk)
+            recording = ChunkRecording.get(self.call, self.recording_key, chunk, inputs, run.keep)
+            part_total, steps, taps, cut = recording.forward(run, inputs)
+        else:
+            part_total, steps, taps, cut = _forward_chunk(self.call, inp, target_inp, chunk_targets, run, first, end,
+                                                          chunk.total)
+        self.chunks.append(Chunk(start, stop, first, steps, taps, run.base,
+                                 len(run.saved) - run.base if run.keeping else 0, recording))
         if part_total is not None and stop - start == b:
             self.total = part_total
         elif part_total is not None:
@@ -429,7 +466,10 @@ def backward(plan: Plan, fwd: Forward, saved: Sequence[torch.Tensor], grad_value
         if end in at_cut and at_cut[end][1] is not None:
             row, g_cut = at_cut[end]
             seed = {entry_name(plan, end): g_cut[chunk.start - row:chunk.stop - row]}
-        g = _backward_chunk(plan, chunk, saved, grad_values[rows], seed).get(entry_name(plan, chunk.first))
+        if chunk.recording is not None:
+            g = chunk.recording.backward(plan, chunk, chunk.kept(saved), grad_values[rows], seed)
+        else:
+            g = _backward_chunk(plan, chunk, chunk.kept(saved), grad_values[rows], seed).get(entry_name(plan, chunk.first))
         if chunk.first > 0:
             at_cut[chunk.first] = (chunk.start, g)
             continue
@@ -478,3 +518,139 @@ def _backward_chunk(plan: Plan, chunk: Chunk, saved: Sequence[torch.Tensor], gra
                     gi = gi.to(dtype)
                 grads[name] = gi if name not in grads else grads[name] + gi
     return grads
+
+
+def _recording_key(call: Call, device: torch.device) -> tuple:
+    """What a chunk's recorded walk depends on besides its inputs' signatures: the plan, where its
+    weights are (a recording reads them from there), the heads and autocast."""
+    plan = call.plan
+    tensors = [t for t in plan.gm.parameters()] + [t for t in plan.gm.buffers()]
+    heads = tuple((type(h), h.tap, h.kind, h.weight) for h in call.heads)
+    autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type)
+    return (plan.key, device, tuple(t.data_ptr() for t in tensors), heads, call.tap_grad_dtype, autocast)
+
+
+class ChunkInputs(NamedTuple):
+    """What one chunk's walk of ``plan.steps[first:stop]`` starts from (see :func:`_forward_chunk`):
+    its rows of the network input (or of the value at ``first``), of the target images or prepared
+    targets, and the values the level above gave those rows (None at the first level)."""
+
+    first: int
+    stop: Optional[int]
+    inp: torch.Tensor
+    target_inp: Optional[torch.Tensor]
+    targets: List[torch.Tensor]
+    total: Optional[torch.Tensor]
+
+
+def _signature(tensors: Sequence[torch.Tensor]) -> tuple:
+    return tuple((t.shape, t.stride(), t.dtype) for t in tensors)
+
+
+class ChunkRecording:
+    """One chunk's walk, recorded once and replayed for every chunk of the same level, rows and input
+    signatures (:class:`perfloss.cuda_graphs.Recording`): the input pass when first met, the backward
+    at its first backward. A replay's kept tensors, values and cut value are copied out of the
+    recording's static outputs at once, so all the recordings of one call's configuration share one
+    memory pool (one chunk's transients, not one per level and row count): a replay may overwrite
+    what another left in it. The heads' buffers (LPIPS weights) are inputs too, copied in at every
+    replay: a call may hold fresh copies."""
+
+    _CACHE: "collections.OrderedDict[tuple, ChunkRecording]" = collections.OrderedDict()
+    _POOLS: Dict[tuple, Any] = {}  # by the call's key
+    MAX_CACHED = 16
+
+    @classmethod
+    def get(cls, call: Call, key: tuple, chunk: ChunkInputs, inputs: List[torch.Tensor], keep: int
+            ) -> "ChunkRecording":
+        """The recording for ``chunk`` of ``keep`` rows, whose recording inputs are ``inputs``
+        (:meth:`inputs`), in a call whose :func:`_recording_key` is ``key``."""
+        chunk_key = key + (chunk.first, chunk.stop, keep, chunk.target_inp is not None, chunk.total is not None,
+                           tuple(t is None for t in chunk.targets), _signature(inputs))
+        recording = cls._CACHE.pop(chunk_key, None)
+        if recording is None:
+            if key not in cls._POOLS:
+                cls._POOLS[key] = new_pool(chunk.inp.device)
+            recording = ChunkRecording(call, chunk, inputs, keep, cls._POOLS[key])
+            if len(cls._CACHE) >= cls.MAX_CACHED:
+                cls._CACHE.popitem(last=False)
+                calls = {k[:len(key)] for k in cls._CACHE} | {key}  # the pools some recording still uses
+                cls._POOLS = {k: pool for k, pool in cls._POOLS.items() if k in calls}
+        cls._CACHE[chunk_key] = recording  # most recently used last
+        return recording
+
+    @staticmethod
+    def inputs(call: Call, chunk: ChunkInputs) -> List[torch.Tensor]:
+        """The tensors a chunk's recording copies in: the chunk's, then the heads' buffers."""
+        return [t for t in (chunk.inp, chunk.target_inp, *chunk.targets, chunk.total) if t is not None] + [
+            b for h in call.heads for b in h.buffers()]
+
+    def __init__(self, call: Call, chunk: ChunkInputs, inputs: List[torch.Tensor], keep: int, pool):
+        head_buffers = [b for h in call.heads for b in h.buffers()]
+        has_target, has_total = chunk.target_inp is not None, chunk.total is not None
+        met = [t is not None for t in chunk.targets]  # a split target pass prepares the targets of its steps' heads
+
+        def walk_chunk(*args):
+            args = list(args)
+            inp, target_inp = args.pop(0), args.pop(0) if has_target else None
+            targets = [args.pop(0) if m else None for m in met]
+            total = args.pop(0) if has_total else None
+            heads = copy.deepcopy(call.heads, memo={id(b): a for b, a in zip(head_buffers, args)})
+            run = Pass(call.plan.gm, True)
+            run.keep = keep
+            total, steps, taps, cut = _forward_chunk(Call(call.plan, heads, call.tap_grad_dtype), inp, target_inp,
+                                                     targets, run, chunk.first, chunk.stop, total)
+            return [t for t in (total, cut) if t is not None] + run.saved, (steps, taps, run.held, total is not None,
+                                                                            cut is not None)
+
+        self.pool = pool
+        self.forward_recording = Recording(walk_chunk, inputs, pool)
+        self.backward_recordings: Dict[bool, Recording] = {}  # by whether a gradient comes in at the cut
+
+    def forward(self, run: Pass, inputs: List[torch.Tensor]):
+        """Replay the input pass on a chunk's ``inputs`` (:meth:`inputs`): its kept tensors go to ``run``;
+        returns what :func:`_forward_chunk` does (values, step records, tap records, the value at the cut)."""
+        outputs = list(self.forward_recording(inputs))
+        steps, taps, held, has_total, has_cut = self.forward_recording.values
+        total = outputs.pop(0).clone() if has_total else None
+        cut = outputs.pop(0).clone() if has_cut else None
+        run.saved.extend(t.clone() for t in outputs)
+        for kind, nbytes in held.items():
+            run.held[kind] += nbytes
+        return total, steps, taps, cut
+
+    def backward(self, plan: Plan, chunk: Chunk, kept: Sequence[torch.Tensor], grad_values: torch.Tensor,
+                 seed: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
+        """Replay the backward walk of ``chunk`` (one this recording walked) from ``seed`` (the gradient
+        at its cut, if any): the gradient to the value its walk started from, or None where none reaches it."""
+        inputs = [grad_values, *seed.values(), *kept]
+        recording = self.backward_recordings.get(bool(seed))
+        if recording is None:
+            seed_names, n_kept = list(seed), len(kept)
+
+            def walk_back(grad_rows, *rest):
+                grads = dict(zip(seed_names, rest[:len(seed_names)]))
+                g = _backward_chunk(plan, chunk, rest[len(rest) - n_kept:], grad_rows, grads).get(
+                    entry_name(plan, chunk.first))
+                return ([] if g is None else [g]), None
+
+            recording = self.backward_recordings[bool(seed)] = Recording(walk_back, inputs, self.pool)
+        out = recording(inputs)
+        return out[0].clone() if out else None
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.forward_recording.pool_bytes + sum(r.pool_bytes for r in self.backward_recordings.values())
+
+
+def clear_chunk_recordings() -> None:
+    """Drop the cached chunk recordings and, with them, their memory pools (a pending backward keeps
+    its own recordings alive until it has run)."""
+    ChunkRecording._CACHE.clear()
+    ChunkRecording._POOLS.clear()
+
+
+def recorded_pool_bytes() -> int:
+    """The bytes the cached chunk recordings' memory pools reserve: device memory held between steps,
+    which a step's allocator peak does not show (a replay allocates nothing)."""
+    return sum(r.pool_bytes for r in ChunkRecording._CACHE.values())

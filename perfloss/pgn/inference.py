@@ -13,8 +13,8 @@
 - optional bf16/fp16 body (``dtype``); the output still computes in fp32 and returns y_hat's dtype;
 - the fused output op ``perfloss::pgn_output`` (sigmoid output: sigmoid, de-normalise, proxy, gradient
   in one kernel; Triton on CUDA);
-- optional CUDA graphs (``cuda_graph=True``; one graph per input shape/dtype, outputs cloned from the
-  static buffers). The CUDA graph path is guarded and has NOT been run on a GPU in this checkout.
+- optional CUDA graphs (``cuda_graph=True``; one :class:`perfloss.cuda_graphs.Recording` per input
+  shape/dtype, outputs cloned from its static buffers).
 """
 import copy
 from typing import Dict, Optional, Tuple
@@ -23,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from perfloss.cuda_graphs import Recording
 from perfloss.ops.pgn_input import pgn_input
 from perfloss.ops.pgn_output import pgn_output
 
@@ -105,7 +106,7 @@ class InferencePGN(nn.Module):
         # the normalisation lives in the first conv: the input op only concatenates (identity affine)
         self.register_buffer("input_scale", torch.ones(6))
         self.register_buffer("input_shift", torch.zeros(6))
-        self._graphs: Dict[Tuple, tuple] = {}
+        self._graphs: Dict[Tuple, Recording] = {}
 
     def train(self, mode: bool = True):
         """Always stays in eval mode (BatchNorm is folded; train the original network instead), so a
@@ -127,25 +128,11 @@ class InferencePGN(nn.Module):
 
     def _run_graphed(self, y_hat, y):
         key = (tuple(y_hat.shape), y_hat.dtype, y_hat.device)
-        entry = self._graphs.get(key)
-        if entry is None:
-            static_in = (y_hat.clone(), y.clone())
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(3):  # warm-up (cuDNN autotuning, Triton compilation) outside the capture
-                    self._run(*static_in)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self._run(*static_in)
-            entry = (graph, static_in, static_out)
-            self._graphs[key] = entry
-        graph, static_in, static_out = entry
-        static_in[0].copy_(y_hat)
-        static_in[1].copy_(y)
-        graph.replay()
-        return static_out[0].clone(), static_out[1].clone()
+        recording = self._graphs.get(key)
+        if recording is None:
+            recording = self._graphs[key] = Recording(lambda a, b: (self._run(a, b), None), (y_hat, y))
+        proxy, grad = recording((y_hat, y))
+        return proxy.clone(), grad.clone()
 
     @torch.no_grad()
     def forward(self, y_hat: torch.Tensor, y: torch.Tensor):
