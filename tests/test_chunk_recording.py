@@ -206,6 +206,29 @@ def test_walks_without_gradient_and_fallback_plans_are_not_recorded(recording):
     assert recording.captures == 0
 
 
+def test_a_chunks_input_pass_makes_no_tensor_on_another_device():
+    """The input pass of one chunk traced on meta tensors (every head kind, with target images riding):
+    every value it makes is on the chunk's device. A tensor made on the host inside a chunk would be a
+    host-to-device copy, which a CUDA capture refuses."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = get_backbone("vgg19", ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"])
+    heads = [TapHead("relu1_1", "l1"), TapHead("relu2_1", "mse"), TapHead("relu3_1", "gram"),
+             TapHead("relu4_1", "lpips", 1.0, torch.rand(512)), TapHead("relu5_1", "cosine")]
+    call = walk.on_meta(walk.Call(plan_for(net), heads, None))
+
+    def input_pass(x, target):
+        run = walk.Pass(call.plan.gm, True)
+        run.keep = x.shape[0]
+        total, _, _, _ = walk._forward_chunk(call, x, target, [], run)
+        return [total] + run.saved
+
+    images = torch.empty(2, 3, 32, 32, device="meta")
+    traced = make_fx(input_pass)(images, images)
+    values = [n.meta["val"] for n in traced.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)]
+    assert len(values) > 50 and all(v.device.type == "meta" for v in values)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
 def test_cuda_graph_chunks_equal_the_walk(monkeypatch, autocast):
