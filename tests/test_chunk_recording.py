@@ -251,3 +251,30 @@ def test_cuda_graph_chunks_equal_the_walk(monkeypatch, autocast):
                 v, g = _value_and_grad(plan, heads, x, target_x=t, chunk_size=chunk)
         assert torch.equal(v, expected[0]) and torch.equal(g, expected[1])
     assert walk.recorded_pool_bytes() > 0
+
+
+def test_losses_replayed_end_to_end(recording, monkeypatch):
+    """The loss modules through their own calls: DISTS (heads of its own class, through the autograd
+    Function rather than the custom op), LPIPS and the style loss with its cached target, in chunks of
+    one; bit-equal to the unrecorded walk."""
+    import perfloss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        losses = [perfloss.DISTS(weights=None, chunk_size=1), perfloss.LPIPS(net="vgg", weights=None, chunk_size=1),
+                  perfloss.StyleLoss(weights=None, chunk_size=1)]
+    gen = torch.Generator().manual_seed(2)
+    x, t = torch.rand(2, 3, 32, 32, generator=gen), torch.rand(2, 3, 32, 32, generator=gen)
+    losses[2].set_target(torch.rand(1, 3, 32, 32, generator=gen))
+
+    def value_and_grad(loss):
+        xg = x.clone().requires_grad_(True)
+        v = loss(xg) if isinstance(loss, perfloss.StyleLoss) else loss(xg, t)
+        return (v.detach(),) + torch.autograd.grad(v, xg)
+    for loss in losses:
+        assert loss.engine == "lean"
+        expected = _not_recorded(monkeypatch, value_and_grad, loss)
+        before = recording.captures
+        v, g = value_and_grad(loss)
+        assert recording.captures > before, type(loss).__name__
+        assert torch.equal(v, expected[0]) and torch.equal(g, expected[1]), type(loss).__name__
