@@ -302,3 +302,20 @@ def test_under_torch_compile_fullgraph(recording, monkeypatch):
         loss, grad = step()
         assert torch.equal(loss, expected[0]) and torch.equal(grad, expected[1])
     assert recording.captures == 2
+
+
+def test_another_implementation_gets_its_own_recording(recording, monkeypatch):
+    """A recording replays the kernels it recorded: inside ``library.use("reference")`` the walk records
+    anew (the plain-PyTorch references), and outside it replays the first recording again."""
+    from perfloss.ops import library
+
+    plan = compile_plan(frozen(Toy(), torch.float64))
+    heads = toy_heads()
+    x, t = torch.randn(4, 3, 11, 9, dtype=torch.float64), torch.randn(4, 3, 11, 9, dtype=torch.float64)
+    _value_and_grad(plan, heads, x, target_x=t, chunk_size=2)
+    with library.use("reference"):
+        expected = _not_recorded(monkeypatch, _value_and_grad, plan, heads, x, target_x=t, chunk_size=2)
+        v, g = _value_and_grad(plan, heads, x, target_x=t, chunk_size=2)
+    assert torch.equal(v, expected[0]) and torch.equal(g, expected[1])
+    _value_and_grad(plan, heads, x, target_x=t, chunk_size=2)
+    assert recording.captures == 4

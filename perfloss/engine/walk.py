@@ -34,6 +34,7 @@ from perfloss.engine.taps import TapRecord, prepare_targets, tap_forward
 from perfloss.heads import TapHead
 from perfloss.inputs import to_network
 from perfloss.kernels.common import memory_format_of, work_channels_last
+from perfloss.ops import library
 
 DOUBLE_BACKWARD_ERROR = (
     "perfloss lean engine: double backward (create_graph=True) through the lean path is not supported; "
@@ -522,12 +523,13 @@ def _backward_chunk(plan: Plan, chunk: Chunk, saved: Sequence[torch.Tensor], gra
 
 def _recording_key(call: Call, device: torch.device) -> tuple:
     """What a chunk's recorded walk depends on besides its inputs' signatures: the plan, where its
-    weights are (a recording reads them from there), the heads and autocast."""
+    weights are (a recording reads them from there), the heads, autocast and the ops' implementation."""
     plan = call.plan
     tensors = [t for t in plan.gm.parameters()] + [t for t in plan.gm.buffers()]
     heads = tuple((type(h), h.tap, h.kind, h.weight) for h in call.heads)
     autocast = torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type)
-    return (plan.key, device, tuple(t.data_ptr() for t in tensors), heads, call.tap_grad_dtype, autocast)
+    return (plan.key, device, tuple(t.data_ptr() for t in tensors), heads, call.tap_grad_dtype, autocast,
+            library.selected())
 
 
 class ChunkInputs(NamedTuple):

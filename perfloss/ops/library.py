@@ -175,6 +175,11 @@ def use(impl: str) -> Iterator[None]:
         _select(previous)
 
 
+def selected() -> Optional[str]:
+    """The implementation every op that has it runs on (``PERFLOSS_IMPL`` or :func:`use`), None for the defaults."""
+    return _forced
+
+
 def backend_info() -> Dict[str, Dict[str, str]]:
     """Per op, the implementation (``reference``, ``cpp``, ``triton``) that runs on ``cpu`` and ``cuda``."""
     info = {name: {device: entry.running(device) for device in DEVICES} for name, entry in sorted(_OPS.items())}
