@@ -510,6 +510,7 @@ def _backward_chunk(plan: Plan, chunk: Chunk, saved: Sequence[torch.Tensor], gra
             if tap is not None:
                 tg = tap.grad(saved, grad_values)
                 g = tg if g is None else g + tg.to(g.dtype)
+                del tg  # else it would live on until the next tap, through the wide steps below this one
             if g is None or rec is None:
                 continue
             for name, gi, dtype in zip(step.dynamic_inputs, step.rule.backward(step, rec, g, saved), rec.in_dtypes):
