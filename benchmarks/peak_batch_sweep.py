@@ -84,8 +84,9 @@ RECORDED = "+graphs"  # a lean engine's suffix: its chunks' walks recorded as CU
 def engine_name(text: str) -> str:
     """An --engines entry: one of ENGINES, or lean:N (the lean engine in chunks of N samples); lean
     engines may end in +graphs (CUDA only)."""
-    kind, _, chunk = text.removesuffix(RECORDED).partition(":")
-    if text in ENGINES or (kind == "lean" and (chunk == "" or chunk.isdigit() and int(chunk) >= 1)):
+    base = text.removesuffix(RECORDED)
+    kind, colon, chunk = base.partition(":")
+    if text in ENGINES or base == "lean" or (kind == "lean" and colon and chunk.isdigit() and int(chunk) >= 1):
         return text
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(ENGINES)} or lean:N with N >= 1 (a lean engine "
                                      f"may end in {RECORDED}), got {text!r}")

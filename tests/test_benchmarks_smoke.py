@@ -153,3 +153,14 @@ def test_recorded_engines_with_a_stand_in_capture(one_thread, benchmark_script, 
                       "--out", str(tmp_path / "host")]) == 0
     assert {r["target_pass"] for r in read_results(str(tmp_path / "host"))} == {"split", "ride", "split+graphs",
                                                                                  "ride+graphs"}
+
+
+def test_engine_names(benchmark_script):
+    import argparse
+
+    sweep = benchmark_script("peak_batch_sweep")
+    for good in ("eager", "lean", "checkpoint", "compile", "lean:2", "lean+graphs", "lean:1+graphs"):
+        assert sweep.engine_name(good) == good
+    for bad in ("lean:", "lean:0", "eager+graphs", "lean:x+graphs", "lean+graph"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            sweep.engine_name(bad)
