@@ -97,29 +97,29 @@ def is_lean(engine: str) -> bool:
 
 
 @contextlib.contextmanager
-def chunk_recording(device: torch.device, on: bool):
-    """Inside, the lean walk records and replays its chunks on ``device`` (CUDA graphs), or does not."""
-    default = walk.CHUNK_RECORDING_DEVICES
-    others = tuple(d for d in default if d != device.type)
-    walk.CHUNK_RECORDING_DEVICES = others + ((device.type,) if on else ())
+def _device_listed(switch: str, device: torch.device, on: Optional[bool]):
+    """Inside, ``device``'s type is in the walk's device tuple ``switch`` (``on``), or not (None: as it
+    was); the tuple comes back after."""
+    default = getattr(walk, switch)
+    if on is not None:
+        setattr(walk, switch, tuple(d for d in default if d != device.type) + ((device.type,) if on else ()))
     try:
         yield
     finally:
-        walk.CHUNK_RECORDING_DEVICES = default
+        setattr(walk, switch, default)
+
+
+def chunk_recording(device: torch.device, on: bool):
+    """Inside, the lean walk records and replays its chunks on ``device`` (CUDA graphs), or does not."""
+    return _device_listed("CHUNK_RECORDING_DEVICES", device, on)
 
 
 @contextlib.contextmanager
 def target_pass(device: torch.device, way: Optional[str]):
     """Inside, the lean walk on ``device`` runs target images as ``way`` says (None: its default way);
     yields the way it runs them."""
-    default = walk.SPLIT_TARGET_PASS_DEVICES
-    others = tuple(d for d in default if d != device.type)
-    if way is not None:
-        walk.SPLIT_TARGET_PASS_DEVICES = others + ((device.type,) if way == "split" else ())
-    try:
+    with _device_listed("SPLIT_TARGET_PASS_DEVICES", device, None if way is None else way == "split"):
         yield "split" if device.type in walk.SPLIT_TARGET_PASS_DEVICES else "ride"
-    finally:
-        walk.SPLIT_TARGET_PASS_DEVICES = default
 
 
 def build_loss(name: str, engine: str, size: int, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
@@ -151,12 +151,11 @@ def loss_inputs(name: str, batch: int, size: int, device: torch.device,
     return (x,) if name == "style" else (x, images())
 
 
-def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast,
-              recorded: Optional[torch.device] = None) -> _timing.Step:
+def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast, recorded: bool = False) -> _timing.Step:
     """One forward (under ``autocast()``) and backward; the input's gradient is dropped after. With
-    ``recorded`` (a device), the lean walk's chunks are recorded and replayed there."""
+    ``recorded``, the lean walk's chunks are recorded and replayed."""
     def step():
-        with chunk_recording(recorded or inputs[0].device, recorded is not None):
+        with chunk_recording(inputs[0].device, recorded):
             with autocast():
                 value = loss(*inputs)
             value.backward()
@@ -194,7 +193,7 @@ def sweep(args, device: torch.device) -> List[Dict]:
                 if engine in too_slow:
                     notes[engine] = too_slow[engine]
                     continue
-                step = loss_step(losses[engine], inputs, autocast, device if engine.endswith(RECORDED) else None)
+                step = loss_step(losses[engine], inputs, autocast, engine.endswith(RECORDED))
                 seconds = _timing.warm_up(step, device)
                 if seconds > args.max_seconds_per_step:
                     notes[engine] = f"skipped: {seconds:.1f} s per step at batch {batch} > --max-seconds-per-step"

@@ -14,6 +14,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from test_engine import Toy, eager_values, frozen, rel_err, toy_heads
+from test_engine_chunks import _value_and_grad
 from perfloss import cuda_graphs
 from perfloss.backbones import get_backbone
 from perfloss.engine import compile_plan, lean_loss, plan_for, target_features, walk
@@ -60,13 +61,6 @@ def recording(monkeypatch):
     monkeypatch.setattr(walk.ChunkRecording, "_CACHE", type(walk.ChunkRecording._CACHE)())
     monkeypatch.setattr(walk.ChunkRecording, "_POOLS", {})
     yield capture
-
-
-def _value_and_grad(plan, heads, x, **kw):
-    x = x.detach().requires_grad_(True)
-    v = lean_loss(plan, x, heads, **kw)
-    (g,) = torch.autograd.grad(v, x, torch.linspace(0.5, 1.5, x.shape[0], dtype=x.dtype))
-    return v.detach(), g
 
 
 def _not_recorded(monkeypatch, fn, *args, **kw):

@@ -546,6 +546,10 @@ class ChunkInputs(NamedTuple):
     total: Optional[torch.Tensor]
 
 
+def _head_buffers(call: Call) -> List[torch.Tensor]:
+    return [b for h in call.heads for b in h.buffers()]
+
+
 def _signature(tensors: Sequence[torch.Tensor]) -> tuple:
     return tuple((t.shape, t.stride(), t.dtype) for t in tensors)
 
@@ -585,11 +589,11 @@ class ChunkRecording:
     @staticmethod
     def inputs(call: Call, chunk: ChunkInputs) -> List[torch.Tensor]:
         """The tensors a chunk's recording copies in: the chunk's, then the heads' buffers."""
-        return [t for t in (chunk.inp, chunk.target_inp, *chunk.targets, chunk.total) if t is not None] + [
-            b for h in call.heads for b in h.buffers()]
+        return [t for t in (chunk.inp, chunk.target_inp, *chunk.targets, chunk.total) if t is not None] + \
+            _head_buffers(call)
 
     def __init__(self, call: Call, chunk: ChunkInputs, inputs: List[torch.Tensor], keep: int, pool):
-        head_buffers = [b for h in call.heads for b in h.buffers()]
+        head_buffers = _head_buffers(call)
         has_target, has_total = chunk.target_inp is not None, chunk.total is not None
         met = [t is not None for t in chunk.targets]  # a split target pass prepares the targets of its steps' heads
 
