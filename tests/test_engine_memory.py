@@ -108,3 +108,29 @@ def test_a_tap_gradient_is_let_go_once_added_in(monkeypatch):
     x = torch.randn(2, 3, 8, 8, requires_grad=True)
     lean_loss(plan, x, [TapHead("3", "mse")], target_x=torch.randn(2, 3, 8, 8), chunk_size=1).sum().backward()
     assert len(made) == 2 and alive_at_convs == [[False], [False], [False, False], [False, False]]
+
+
+def test_a_chunk_gradient_to_the_input_is_let_go_once_written(monkeypatch):
+    """Backward lets each chunk's gradient to the input go once it is written into the batch's, so it is
+    not alive through the next chunk's backward (it was: one chunk's input gradient at every
+    chunked step's peak, 1.24x the held bytes per added sample from batch 1 to 2 for VGG-16 relu2_2)."""
+    import weakref
+
+    from torch import nn
+    from perfloss.engine import rules
+
+    net = frozen(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()))
+    plan = compile_plan(net, taps=["3"])
+    to_input, alive_at_convs = [], []
+    conv_backward = rules.Conv.backward
+
+    def backward(self, step, rec, g, saved):
+        alive_at_convs.append([ref() is not None for ref in to_input])
+        gi = conv_backward(self, step, rec, g, saved)
+        if step.name == plan.steps[0].name:
+            to_input.append(weakref.ref(gi[0]))
+        return gi
+    monkeypatch.setattr(rules.Conv, "backward", backward)
+    x = torch.randn(3, 3, 8, 8, requires_grad=True)
+    lean_loss(plan, x, [TapHead("3", "mse")], target_x=torch.randn(3, 3, 8, 8), chunk_size=1).sum().backward()
+    assert len(to_input) == 3 and alive_at_convs == [[], [], [False], [False], [False, False], [False, False]]

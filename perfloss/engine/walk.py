@@ -481,6 +481,7 @@ def backward(plan: Plan, fwd: Forward, saved: Sequence[torch.Tensor], grad_value
             if fwd.x_shape[1] == 1:
                 g = g.sum(1, keepdim=True)
         gx = write_rows(gx, rows, g, fwd.x_shape[0], fwd.x_dtype)
+        del g  # written into gx: else it would live on through the next chunk's backward
     return gx
 
 
