@@ -272,15 +272,16 @@ Levels = Tuple[Tuple[int, int], ...]  # (first step, samples per chunk) of each 
 def levels_for(plan: Plan, x: torch.Tensor, chunk_size: int, affine: Sequence = (),
                target_x: Optional[torch.Tensor] = None) -> Levels:
     """How the input pass walks the batch: levels of steps, each run in chunks of its own size. The
-    first level, from the input, runs ``chunk_size`` samples at a time. Deep layers are narrow, and
-    oneDNN computes them faster per image in larger batches (with fewer thread barriers): so past a
-    cut a level may run chunks of twice, four times, ... the level above's (up to the whole batch),
-    made of the level above's chunks' values at the cut, when its transients (those values, the
-    input's and the target's, then three activations of the widest step on) fit one first-level
-    chunk's, and the cut values that all levels wait on together fit half of one
-    (``CUT_VALUES_SHARE``). One level when the batch is one chunk, or when target images ride in the
-    chunks' batch (devices outside SPLIT_TARGET_PASS_DEVICES: the chunks' rows are not the input's
-    alone)."""
+    first level, from the input, runs ``chunk_size`` samples at a time. Deep layers are narrow and
+    their weights large, and oneDNN reorders a convolution's weight into its blocked layout on every
+    call (512->512 3x3: a 9 MiB buffer and about 0.4 ms of a 1.6 ms one-image call at 8x8, measured
+    against a weight reordered once), which a larger batch shares. So past a cut a level may run
+    chunks of twice, four times, ... the level above's (up to the whole batch), made of the level
+    above's chunks' values at the cut, when its transients (those values, the input's and the
+    target's, then three activations of the widest step on) fit one first-level chunk's, and the cut
+    values that all levels wait on together fit half of one (``CUT_VALUES_SHARE``). One level when
+    the batch is one chunk, or when target images ride in the chunks' batch (devices outside
+    SPLIT_TARGET_PASS_DEVICES: the chunks' rows are not the input's alone)."""
     b = x.shape[0]
     if chunk_size >= b or _target_rides(target_x, x.device.type):
         return ((0, min(chunk_size, b)),)
