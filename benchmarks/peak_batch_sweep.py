@@ -10,9 +10,12 @@ Losses (random weights: memory and time do not depend on them; images in [0, 1])
   lpips    LPIPS-VGG                     LPIPS(net="vgg", normalize=True)
 Engines: eager, lean (default chunking: chunk from its memory budget), lean:N (lean in chunks of N
 samples, to tune the budget), checkpoint (torch.utils.checkpoint of the backbone), compile
-(torch.compile of the eager loss). A lean engine ending in +graphs (lean+graphs, lean:1+graphs; CUDA
-only) records each chunk's walk as a CUDA graph and replays it (perfloss.engine.walk.ChunkRecording);
-its peak adds the recordings' memory pools, which it holds between steps.
+(torch.compile of the eager loss). A lean engine may end in +onelevel, then in +graphs
+(lean+onelevel, lean:1+graphs, lean+onelevel+graphs). +onelevel runs every step in the first level's
+chunks, with no deeper levels (perfloss.engine.walk.levels_for), to weigh what the levels cost in
+peak against what they save in time. +graphs (CUDA only) records each chunk's walk as a CUDA graph
+and replays it (perfloss.engine.walk.ChunkRecording); its peak adds the recordings' memory pools,
+which it holds between steps.
 
 --target-pass, to compare the lean walk's two ways with target images on one device: ``split`` (their
 own no_grad pass, chunk by chunk, and the deeper levels of perfloss.engine.walk.levels_for: CPUs'
@@ -78,22 +81,30 @@ def setting_label(args) -> str:
     return precision_label(args.autocast) + (", channels_last" if args.channels_last else "")
 
 
-RECORDED = "+graphs"  # a lean engine's suffix: its chunks' walks recorded as CUDA graphs and replayed
+# A lean engine's suffixes, in this order: all its steps in the first level's chunks; its chunks'
+# walks recorded as CUDA graphs and replayed.
+ONE_LEVEL = "+onelevel"
+RECORDED = "+graphs"
+
+
+def base_engine(engine: str) -> str:
+    """The engine without its suffixes: lean:1+onelevel+graphs -> lean:1."""
+    return engine.removesuffix(RECORDED).removesuffix(ONE_LEVEL)
 
 
 def engine_name(text: str) -> str:
     """An --engines entry: one of ENGINES, or lean:N (the lean engine in chunks of N samples); lean
-    engines may end in +graphs (CUDA only)."""
-    base = text.removesuffix(RECORDED)
+    engines may end in +onelevel, then in +graphs (CUDA only)."""
+    base = base_engine(text)
     kind, colon, chunk = base.partition(":")
     if text in ENGINES or base == "lean" or (kind == "lean" and colon and chunk.isdigit() and int(chunk) >= 1):
         return text
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(ENGINES)} or lean:N with N >= 1 (a lean engine "
-                                     f"may end in {RECORDED}), got {text!r}")
+                                     f"may end in {ONE_LEVEL}, then in {RECORDED}), got {text!r}")
 
 
 def is_lean(engine: str) -> bool:
-    return engine.partition(":")[0].removesuffix(RECORDED) == "lean"
+    return base_engine(engine).partition(":")[0] == "lean"
 
 
 @contextlib.contextmanager
@@ -115,6 +126,19 @@ def chunk_recording(device: torch.device, on: bool):
 
 
 @contextlib.contextmanager
+def one_level(on: bool):
+    """Inside (when ``on``), the lean walk forms no deeper levels: the values waiting at their cuts may
+    take none of a chunk's transients (``walk.CUT_VALUES_SHARE``), so every step runs in the first
+    level's chunks."""
+    default = walk.CUT_VALUES_SHARE
+    walk.CUT_VALUES_SHARE = 0.0 if on else default
+    try:
+        yield
+    finally:
+        walk.CUT_VALUES_SHARE = default
+
+
+@contextlib.contextmanager
 def target_pass(device: torch.device, way: Optional[str]):
     """Inside, the lean walk on ``device`` runs target images as ``way`` says (None: its default way);
     yields the way it runs them."""
@@ -127,7 +151,7 @@ def build_loss(name: str, engine: str, size: int, device: torch.device, channels
     over the eager loss, ``lean:N`` the lean engine in chunks of N samples; its network's weights in
     channels_last when asked."""
     vgg19 = name == "l1"
-    kind, _, chunk = engine.removesuffix(RECORDED).partition(":")
+    kind, _, chunk = base_engine(engine).partition(":")
     loss = bench.build_loss(name, "vgg19" if vgg19 else "vgg16", VGG19_FIVE_TAPS if vgg19 else None, kind,
                             int(chunk) if chunk else None)
     loss = loss.to(device, memory_format=memory_format_of(channels_last))
@@ -151,11 +175,13 @@ def loss_inputs(name: str, batch: int, size: int, device: torch.device,
     return (x,) if name == "style" else (x, images())
 
 
-def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast, recorded: bool = False) -> _timing.Step:
+def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast, recorded: bool = False,
+              single_level: bool = False) -> _timing.Step:
     """One forward (under ``autocast()``) and backward; the input's gradient is dropped after. With
-    ``recorded``, the lean walk's chunks are recorded and replayed."""
+    ``recorded``, the lean walk's chunks are recorded and replayed; with ``single_level``, it forms no
+    deeper levels."""
     def step():
-        with chunk_recording(inputs[0].device, recorded):
+        with chunk_recording(inputs[0].device, recorded), one_level(single_level):
             with autocast():
                 value = loss(*inputs)
             value.backward()
@@ -183,7 +209,8 @@ def sweep(args, device: torch.device) -> List[Dict]:
                     unit="run")
     for name in args.losses:
         losses = {engine: build_loss(name, engine, args.size, device, args.channels_last) for engine in args.engines}
-        held = held_per_sample_mib(losses["lean"], args.size) if "lean" in losses else None
+        leans = [e for e in args.engines if is_lean(e)]
+        held = held_per_sample_mib(losses[leans[0]], args.size) if leans else None
         too_slow: Dict[str, str] = {}  # engine -> why its larger batches are skipped
         for batch in args.batches:
             inputs = loss_inputs(name, batch, args.size, device, args.channels_last)
@@ -193,7 +220,8 @@ def sweep(args, device: torch.device) -> List[Dict]:
                 if engine in too_slow:
                     notes[engine] = too_slow[engine]
                     continue
-                step = loss_step(losses[engine], inputs, autocast, engine.endswith(RECORDED))
+                step = loss_step(losses[engine], inputs, autocast, engine.endswith(RECORDED),
+                                 engine.removesuffix(RECORDED).endswith(ONE_LEVEL))
                 seconds = _timing.warm_up(step, device)
                 if seconds > args.max_seconds_per_step:
                     notes[engine] = f"skipped: {seconds:.1f} s per step at batch {batch} > --max-seconds-per-step"
@@ -209,7 +237,7 @@ def sweep(args, device: torch.device) -> List[Dict]:
                              "peak_mib": step_peak_mib(engine, steps[engine], device) if measured else None,
                              "median_ms": times[engine].ms if measured else None,
                              "host_ms": times[engine].host_ms if measured else None, "note": notes.get(engine, ""),
-                             "held_per_sample_mib": held if engine == "lean" else None})
+                             "held_per_sample_mib": held if is_lean(engine) else None})
                 progress.update()
             del inputs, steps
     progress.close()
@@ -222,17 +250,21 @@ def held_per_sample_mib(loss: torch.nn.Module, size: int) -> float:
     return memory.lean_expected_bytes(plan, (1, 3, size, size), list(loss.heads))["total"] / 2 ** 20
 
 
-def growth_line(rows: List[Dict], name: str, batches: List[int]) -> str:
-    """The lean peak's growth per added sample between consecutive batches, against the held bytes."""
+def growth_line(rows: List[Dict], name: str, batches: List[int], engines: List[str]) -> str:
+    """Each lean engine's peak growth per added sample between consecutive batches, against the held bytes."""
     by_key = _lookup(rows)
-    lean = [by_key[(name, "lean", b)] for b in batches]
-    held = lean[0]["held_per_sample_mib"]
-    ratios = [f"{a['batch']}->{b['batch']}: {(b['peak_mib'] - a['peak_mib']) / (b['batch'] - a['batch']) / held:.2f}x"
-              for a, b in zip(lean, lean[1:]) if a["peak_mib"] is not None and b["peak_mib"] is not None]
-    if not ratios:
+    held, growths = None, []
+    for engine in engines:
+        lean = [by_key[(name, engine, b)] for b in batches]
+        held = lean[0]["held_per_sample_mib"]
+        ratios = [f"{a['batch']}->{b['batch']}: {(b['peak_mib'] - a['peak_mib']) / (b['batch'] - a['batch']) / held:.2f}x"
+                  for a, b in zip(lean, lean[1:]) if a["peak_mib"] is not None and b["peak_mib"] is not None]
+        if ratios:
+            growths.append(f"{engine} {', '.join(ratios)}")
+    if not growths:
         return ""
     return (f"\n\nLean holds {held:.2f} MiB per sample for backward (masks, codes, tap gradients); its peak grows "
-            f"per added sample by this many times that: {', '.join(ratios)}.")
+            f"per added sample by this many times that: {'; '.join(growths)}.")
 
 
 def _lookup(rows: List[Dict]) -> Dict[Tuple[str, str, int], Dict]:
@@ -264,7 +296,7 @@ def markdown(rows: List[Dict], args, device: torch.device) -> str:
             row += [_timing.ratio(by_key[(name, e, batch)]["median_ms"], eager["median_ms"]) for e in leans]
             table.append(row)
         notes = sorted({f"{r['engine']}: {r['note']}" for r in rows if r["loss"] == name and r["note"]})
-        growth = growth_line(rows, name, list(args.batches)) if "lean" in args.engines else ""
+        growth = growth_line(rows, name, list(args.batches), [e for e in args.engines if is_lean(e)])
         sections.append(f"## {LOSSES[name]}\n\n" + _timing.markdown_table(header, table) + growth
                         + "".join(f"\n\n{n}" for n in notes))
     return "\n\n".join(sections)

@@ -159,8 +159,31 @@ def test_engine_names(benchmark_script):
     import argparse
 
     sweep = benchmark_script("peak_batch_sweep")
-    for good in ("eager", "lean", "checkpoint", "compile", "lean:2", "lean+graphs", "lean:1+graphs"):
+    for good in ("eager", "lean", "checkpoint", "compile", "lean:2", "lean+graphs", "lean:1+graphs", "lean+onelevel",
+                 "lean:2+onelevel+graphs"):
         assert sweep.engine_name(good) == good
-    for bad in ("lean:", "lean:0", "eager+graphs", "lean:x+graphs", "lean+graph"):
+    for bad in ("lean:", "lean:0", "eager+graphs", "lean:x+graphs", "lean+graph", "eager+onelevel",
+                "lean+graphs+onelevel", "lean:+onelevel"):
         with pytest.raises(argparse.ArgumentTypeError):
             sweep.engine_name(bad)
+
+
+def test_one_level_engine_walks_without_deeper_levels(one_thread, benchmark_script, tmp_path):
+    """+onelevel: inside its step the walk forms no deeper level where it otherwise does, and after it the
+    walk's setting is back; the sweep gives its growth line next to lean's."""
+    from perfloss.engine import plan_for, walk
+
+    sweep = benchmark_script("peak_batch_sweep")
+    loss = sweep.build_loss("l1", "lean", 64, torch.device("cpu"))
+    plan, x = plan_for(loss.backbone), torch.rand(4, 3, 64, 64)
+    levels = walk.levels_for(plan, x, 1, (), x)
+    with sweep.one_level(True):
+        assert walk.levels_for(plan, x, 1, (), x) == ((0, 1),)
+    assert len(levels) > 1 and walk.levels_for(plan, x, 1, (), x) == levels
+    out = str(tmp_path / "sweep")
+    assert sweep.main(["--quick", "--losses", "content", "--engines", "eager", "lean", "lean+onelevel",
+                       "--threads", "1", "--out", out]) == 0
+    assert {r["engine"] for r in read_results(out)} == {"eager", "lean", "lean+onelevel"}
+    with open(out + ".md") as f:
+        text = f.read()
+    assert "lean 1->2:" in text and "lean+onelevel 1->2:" in text
