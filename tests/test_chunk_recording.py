@@ -171,7 +171,8 @@ def test_vgg_losses_replayed_fp32(recording, monkeypatch):
 @pytest.mark.parametrize("levels", [((0, 1), (3, 2)), ((0, 2), (3, 4), (9, 4))])
 def test_levels_and_the_split_target_pass_replayed_float64(recording, monkeypatch, levels):
     """Levels (deeper steps in larger chunks, from the cut values the chunks above left) with the target
-    images in a pass of their own: each level's chunks replay one recording, exactly."""
+    images in a pass of their own: each level's chunks replay one recording, exactly, their target
+    pass in it (walked once per recording, when it is made, not once per chunk)."""
     from perfloss.engine import lean as lean_module
 
     monkeypatch.setattr(walk, "SPLIT_TARGET_PASS_DEVICES", ("cpu",))
@@ -181,9 +182,13 @@ def test_levels_and_the_split_target_pass_replayed_float64(recording, monkeypatc
     heads = toy_heads()
     x, t = torch.randn(4, 3, 11, 9, dtype=torch.float64), torch.randn(4, 3, 11, 9, dtype=torch.float64)
     expected = _not_recorded(monkeypatch, _value_and_grad, plan, heads, x, target_x=t, chunk_size=levels[0][1])
+    target_walks = []
+    prepared_targets = walk.prepared_targets
+    monkeypatch.setattr(walk, "prepared_targets", lambda *a, **k: target_walks.append(a[2:]) or prepared_targets(*a, **k))
     v, g = _value_and_grad(plan, heads, x, target_x=t, chunk_size=levels[0][1])
     assert torch.equal(v, expected[0]) and torch.equal(g, expected[1])
     assert recording.captures == 2 * len(levels) == 2 * len(walk.ChunkRecording._CACHE)
+    assert len(target_walks) == len(levels)
 
 
 def test_walks_without_gradient_and_fallback_plans_are_not_recorded(recording):

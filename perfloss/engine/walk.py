@@ -395,23 +395,23 @@ class _LevelWalk:
                 if t_cut is not None:
                     target_inp = write_rows(target_inp, rows, t_cut, stop - start)
                 del cut, t_cut
-        if self.split_target:
-            chunk_targets, target_cut = prepared_targets(self.call, target_inp, first, end)
-            target_inp = None
         run = self.run
         run.keep = stop - start if run.keeping else 0
         run.base = len(run.saved) if run.keeping else 0
         # rows a level above walked add to their values; at the first level they start from none
-        chunk = ChunkInputs(first, end, inp, target_inp, chunk_targets,
-                            self.total[part] if level > 0 and self.total is not None else None)
+        total = self.total[part] if level > 0 and self.total is not None else None
         recording = None
-        if self.recording_key is not None:
+        if self.recording_key is not None:  # the split target pass is recorded with the chunk's walk
+            chunk = ChunkInputs(first, end, inp, target_inp, chunk_targets, total, self.split_target)
             inputs = ChunkRecording.inputs(self.call, chunk)
             recording = ChunkRecording.get(self.call, self.recording_key, chunk, inputs, run.keep)
-            part_total, steps, taps, cut = recording.forward(run, inputs)
+            part_total, steps, taps, cut, target_cut = recording.forward(run, inputs)
         else:
+            if self.split_target:  # the target rows let go before the input's walk
+                chunk_targets, target_cut = prepared_targets(self.call, target_inp, first, end)
+                target_inp = None
             part_total, steps, taps, cut = _forward_chunk(self.call, inp, target_inp, chunk_targets, run, first, end,
-                                                          chunk.total)
+                                                          total)
         self.chunks.append(Chunk(start, stop, first, steps, taps, run.base,
                                  len(run.saved) - run.base if run.keeping else 0, recording))
         if part_total is not None and stop - start == b:
@@ -538,7 +538,9 @@ def _recording_key(call: Call, device: torch.device) -> tuple:
 class ChunkInputs(NamedTuple):
     """What one chunk's walk of ``plan.steps[first:stop]`` starts from (see :func:`_forward_chunk`):
     its rows of the network input (or of the value at ``first``), of the target images or prepared
-    targets, and the values the level above gave those rows (None at the first level)."""
+    targets, the values the level above gave those rows (None at the first level), and whether the
+    target rows go through a no_grad pass of their own first (:func:`prepared_targets`) rather than in
+    the input's batch."""
 
     first: int
     stop: Optional[int]
@@ -546,6 +548,7 @@ class ChunkInputs(NamedTuple):
     target_inp: Optional[torch.Tensor]
     targets: List[torch.Tensor]
     total: Optional[torch.Tensor]
+    split_target: bool
 
 
 def _head_buffers(call: Call) -> List[torch.Tensor]:
@@ -558,8 +561,8 @@ def _signature(tensors: Sequence[torch.Tensor]) -> tuple:
 
 class ChunkRecording:
     """One chunk's walk, recorded once and replayed for every chunk of the same level, rows and input
-    signatures (:class:`perfloss.cuda_graphs.Recording`): the input pass when first met, the backward
-    at its first backward. A replay's kept tensors, values and cut value are copied out of the
+    signatures (:class:`perfloss.cuda_graphs.Recording`): the input pass (after the chunk's own target
+    pass, where its target images have one) when first met, the backward at its first backward. A replay's kept tensors, values and cut value are copied out of the
     recording's static outputs at once, so all the recordings of one call's configuration share one
     memory pool (one chunk's transients, not one per level and row count): a replay may overwrite
     what another left in it. The heads' buffers (LPIPS weights) are inputs too, copied in at every
@@ -574,8 +577,8 @@ class ChunkRecording:
             ) -> "ChunkRecording":
         """The recording for ``chunk`` of ``keep`` rows, whose recording inputs are ``inputs``
         (:meth:`inputs`), in a call whose :func:`_recording_key` is ``key``."""
-        chunk_key = key + (chunk.first, chunk.stop, keep, chunk.target_inp is not None, chunk.total is not None,
-                           tuple(t is None for t in chunk.targets), _signature(inputs))
+        chunk_key = key + (chunk.first, chunk.stop, keep, chunk.target_inp is not None, chunk.split_target,
+                           chunk.total is not None, tuple(t is None for t in chunk.targets), _signature(inputs))
         recording = cls._CACHE.pop(chunk_key, None)
         if recording is None:
             if key not in cls._POOLS:
@@ -596,6 +599,7 @@ class ChunkRecording:
 
     def __init__(self, call: Call, chunk: ChunkInputs, inputs: List[torch.Tensor], keep: int, pool):
         head_buffers = _head_buffers(call)
+        first, stop, split = chunk.first, chunk.stop, chunk.split_target
         has_target, has_total = chunk.target_inp is not None, chunk.total is not None
         met = [t is not None for t in chunk.targets]  # a split target pass prepares the targets of its steps' heads
 
@@ -605,28 +609,33 @@ class ChunkRecording:
             targets = [args.pop(0) if m else None for m in met]
             total = args.pop(0) if has_total else None
             heads = copy.deepcopy(call.heads, memo={id(b): a for b, a in zip(head_buffers, args)})
+            chunk_call = Call(call.plan, heads, call.tap_grad_dtype)
+            target_cut = None
+            if split:
+                targets, target_cut = prepared_targets(chunk_call, target_inp, first, stop)
+                target_inp = None
             run = Pass(call.plan.gm, True)
             run.keep = keep
-            total, steps, taps, cut = _forward_chunk(Call(call.plan, heads, call.tap_grad_dtype), inp, target_inp,
-                                                     targets, run, chunk.first, chunk.stop, total)
-            return [t for t in (total, cut) if t is not None] + run.saved, (steps, taps, run.held, total is not None,
-                                                                            cut is not None)
+            total, steps, taps, cut = _forward_chunk(chunk_call, inp, target_inp, targets, run, first, stop, total)
+            found = (total, cut, target_cut)
+            return [t for t in found if t is not None] + run.saved, (steps, taps, run.held,
+                                                                     tuple(t is not None for t in found))
 
         self.pool = pool
         self.forward_recording = Recording(walk_chunk, inputs, pool)
         self.backward_recordings: Dict[bool, Recording] = {}  # by whether a gradient comes in at the cut
 
     def forward(self, run: Pass, inputs: List[torch.Tensor]):
-        """Replay the input pass on a chunk's ``inputs`` (:meth:`inputs`): its kept tensors go to ``run``;
-        returns what :func:`_forward_chunk` does (values, step records, tap records, the value at the cut)."""
+        """Replay the input pass on a chunk's ``inputs`` (:meth:`inputs`), after its split target pass if
+        it has one: its kept tensors go to ``run``; returns what :func:`_forward_chunk` does (values, step
+        records, tap records, the value at the cut) and the target rows' value at the cut (split pass)."""
         outputs = list(self.forward_recording(inputs))
-        steps, taps, held, has_total, has_cut = self.forward_recording.values
-        total = outputs.pop(0).clone() if has_total else None
-        cut = outputs.pop(0).clone() if has_cut else None
+        steps, taps, held, found = self.forward_recording.values
+        total, cut, target_cut = (outputs.pop(0).clone() if f else None for f in found)
         run.saved.extend(t.clone() for t in outputs)
         for kind, nbytes in held.items():
             run.held[kind] += nbytes
-        return total, steps, taps, cut
+        return total, steps, taps, cut, target_cut
 
     def backward(self, plan: Plan, chunk: Chunk, kept: Sequence[torch.Tensor], grad_values: torch.Tensor,
                  seed: Dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
