@@ -229,11 +229,14 @@ def test_a_chunks_input_pass_makes_no_tensor_on_another_device():
 
 
 @pytest.mark.cuda
+@pytest.mark.parametrize("target_pass", ["ride", "split"])
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
-def test_cuda_graph_chunks_equal_the_walk(monkeypatch, autocast):
-    """Real CUDA graphs: the VGG-19 five-tap L1 loss and LPIPS-style heads in chunks of one and of two
-    (batch 5), against the unrecorded walk on the same GPU; the memory pools are counted."""
+def test_cuda_graph_chunks_equal_the_walk(monkeypatch, autocast, target_pass):
+    """Real CUDA graphs: the VGG-19 five-tap L1 loss in chunks of one and of two (batch 5), the target
+    images riding in the chunks' batch or in a pass of their own (recorded with the chunk, and deeper
+    levels), against the unrecorded walk on the same GPU; the memory pools are counted."""
     monkeypatch.setattr(walk, "CHUNK_RECORDING_DEVICES", ("cuda",))
+    monkeypatch.setattr(walk, "SPLIT_TARGET_PASS_DEVICES", ("cuda",) if target_pass == "split" else ())
     monkeypatch.setattr(walk.ChunkRecording, "_CACHE", type(walk.ChunkRecording._CACHE)())
     monkeypatch.setattr(walk.ChunkRecording, "_POOLS", {})
     with warnings.catch_warnings():
