@@ -562,11 +562,12 @@ def _signature(tensors: Sequence[torch.Tensor]) -> tuple:
 class ChunkRecording:
     """One chunk's walk, recorded once and replayed for every chunk of the same level, rows and input
     signatures (:class:`perfloss.cuda_graphs.Recording`): the input pass (after the chunk's own target
-    pass, where its target images have one) when first met, the backward at its first backward. A replay's kept tensors, values and cut value are copied out of the
-    recording's static outputs at once, so all the recordings of one call's configuration share one
-    memory pool (one chunk's transients, not one per level and row count): a replay may overwrite
-    what another left in it. The heads' buffers (LPIPS weights) are inputs too, copied in at every
-    replay: a call may hold fresh copies."""
+    pass, where its target images have one) when first met, the backward at its first backward. A
+    replay's kept tensors, values and cut values are copied out of the recording's static outputs at
+    once, so all the recordings of one call's configuration share one memory pool (one chunk's
+    transients, not one per level and row count): a replay may overwrite what another left in it.
+    The heads' buffers (LPIPS weights) are inputs too, copied in at every replay: a call may hold
+    fresh copies."""
 
     _CACHE: "collections.OrderedDict[tuple, ChunkRecording]" = collections.OrderedDict()
     _POOLS: Dict[tuple, Any] = {}  # by the call's key
