@@ -16,12 +16,16 @@ torchvision_standin = peers.torchvision_standin  # the fixture, for the tests he
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-7), torch.float64: dict(rtol=1e-10, atol=1e-13)}
+# The input gradient goes back through 13 convolutions whose fp32 sums oneDNN orders per CPU kind: 2.5e-5
+# of the largest element apart from the package's on an AMD AVX2 machine, within 1e-5 on earlier ones.
+# float64 pins the math.
+GRAD_RTOL = {torch.float32: 1e-4, torch.float64: 1e-10}
 
 
 def assert_grad_close(got, expected, dtype):
-    """Within the dtype's relative tolerance of the largest gradient element (elementwise relative
+    """Within the dtype's tolerance relative to the largest gradient element (elementwise relative
     errors of near-zero elements say nothing)."""
-    rtol = TOL[dtype]["rtol"]
+    rtol = GRAD_RTOL[dtype]
     torch.testing.assert_close(got, expected, rtol=rtol, atol=rtol * expected.abs().max().item())
 
 
