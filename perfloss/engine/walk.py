@@ -334,7 +334,9 @@ def forward(call: Call, x: torch.Tensor, target_x: Optional[torch.Tensor], targe
     split_target = target_x is not None and not _target_rides(target_x, device_type or x.device.type)
     if split_target:
         target_x = target_x.detach().to(x.dtype)
-        if target_x.shape[0] == 1:  # one target image serves every chunk: prepare it once
+        if target_x.shape[0] == 1 and levels[0][1] < b:
+            # one target image serves every chunk: prepare it once and hold it through the walk (with
+            # one chunk, the chunk's own target pass lets each tap's target go once its tap is done)
             targets = prepared_targets(call, _network_input(target_x, affine))[0]
             target_x, split_target = None, False
     rides = target_x is not None and not split_target
