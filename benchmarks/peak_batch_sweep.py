@@ -317,7 +317,7 @@ def plot(rows: List[Dict], args, env: Dict[str, str], path: str):
                                   logx=True, xticks=list(args.batches)))
     return plots.plot_panels(path, panels, title=(
         f"Peak memory per engine, {args.size}x{args.size} {setting_label(args)}, "
-        f"{env['device']} ({env.get('device_name', env['machine'])}), torch {env['torch']}"))
+        f"{env['device']} ({env.get('device_name', env.get('cpu', env['machine']))}), torch {env['torch']}"))
 
 
 def parse_args(argv: Optional[List[str]]):

@@ -131,6 +131,15 @@ def run(args) -> List[Dict]:
     return rows
 
 
+def _cpu_model() -> str:
+    """The CPU's model name where the system says it (Linux: /proc/cpuinfo), else the processor type."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def environment(device: str) -> Dict[str, str]:
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
@@ -138,6 +147,8 @@ def environment(device: str) -> Dict[str, str]:
     if device == "cuda":
         env["device_name"] = torch.cuda.get_device_name()
         env["cuda"] = str(torch.version.cuda)
+    else:  # CPU timings differ by CPU kind: oneDNN picks its kernels (and fp32 summation order) per ISA
+        env["cpu"] = f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
     try:
         import triton
         env["triton"] = triton.__version__
@@ -175,7 +186,7 @@ def plot(rows: List[Dict], env: Dict[str, str], path):
                 for e in engines}
     first = rows[0]
     precision = first["dtype"] + (f", autocast {first['autocast']}" if first["autocast"] else "")
-    device = env.get("device_name", env.get("machine", first["device"]))
+    device = env.get("device_name", env.get("cpu", env.get("machine", first["device"])))
     return plots.plot_panels(path, [
         plots.Panel(per_engine("median_ms"), "Median time of one forward+backward", "loss",
                     "time (ms)", kind="bar"),
