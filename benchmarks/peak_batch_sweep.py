@@ -108,16 +108,22 @@ def is_lean(engine: str) -> bool:
 
 
 @contextlib.contextmanager
-def _device_listed(switch: str, device: torch.device, on: Optional[bool]):
-    """Inside, ``device``'s type is in the walk's device tuple ``switch`` (``on``), or not (None: as it
-    was); the tuple comes back after."""
-    default = getattr(walk, switch)
-    if on is not None:
-        setattr(walk, switch, tuple(d for d in default if d != device.type) + ((device.type,) if on else ()))
+def _walk_setting(name: str, value):
+    """Inside, the walk's module setting ``name`` is ``value`` (None: as it was); it comes back after."""
+    default = getattr(walk, name)
+    if value is not None:
+        setattr(walk, name, value)
     try:
         yield
     finally:
-        setattr(walk, switch, default)
+        setattr(walk, name, default)
+
+
+def _device_listed(switch: str, device: torch.device, on: Optional[bool]):
+    """Inside, ``device``'s type is in the walk's device tuple ``switch`` (``on``), or not (None: as it
+    was)."""
+    others = tuple(d for d in getattr(walk, switch) if d != device.type)
+    return _walk_setting(switch, None if on is None else others + ((device.type,) if on else ()))
 
 
 def chunk_recording(device: torch.device, on: bool):
@@ -125,17 +131,11 @@ def chunk_recording(device: torch.device, on: bool):
     return _device_listed("CHUNK_RECORDING_DEVICES", device, on)
 
 
-@contextlib.contextmanager
 def one_level(on: bool):
     """Inside (when ``on``), the lean walk forms no deeper levels: the values waiting at their cuts may
     take none of a chunk's transients (``walk.CUT_VALUES_SHARE``), so every step runs in the first
     level's chunks."""
-    default = walk.CUT_VALUES_SHARE
-    walk.CUT_VALUES_SHARE = 0.0 if on else default
-    try:
-        yield
-    finally:
-        walk.CUT_VALUES_SHARE = default
+    return _walk_setting("CUT_VALUES_SHARE", 0.0 if on else None)
 
 
 @contextlib.contextmanager
