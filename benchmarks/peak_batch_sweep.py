@@ -133,9 +133,8 @@ def chunk_recording(device: torch.device, on: bool):
 
 def one_level(on: bool):
     """Inside (when ``on``), the lean walk forms no deeper levels: the values waiting at their cuts may
-    take none of a chunk's transients (``walk.CUT_VALUES_SHARE``), so every step runs in the first
-    level's chunks."""
-    return _walk_setting("CUT_VALUES_SHARE", 0.0 if on else None)
+    take no bytes (``walk.CUT_VALUES_ACTIVATIONS``), so every step runs in the first level's chunks."""
+    return _walk_setting("CUT_VALUES_ACTIVATIONS", 0.0 if on else None)
 
 
 @contextlib.contextmanager

@@ -67,8 +67,13 @@ RIDING_TARGET_ACTIVATIONS = 4
 # from one thread on one stream (their static buffers and memory pools are shared, not per thread).
 CHUNK_RECORDING_DEVICES: Tuple[str, ...] = ()
 # What the values at the cuts that the deeper levels of the walk wait on (:func:`levels_for`) may take
-# together, as a share of one first-level chunk's transients.
-CUT_VALUES_SHARE = 0.5
+# together, in widest activations per first-level sample. Half of one is what VGG's input and target
+# values after its second pooling take for two samples: so the levels wait on all they ever will from
+# batch 2 on, and the peak grows by the held bytes alone after that (VGG-19 relu1_1..relu5_1 L1 at
+# 128x128: 1.0x those bytes per added sample from batch 2 to 16, 1.5-2.1x at batches 2-8 when the cut
+# values could take half a chunk's transients, 1.5 activations, with deeper levels in fours and eights
+# 1-4% faster than the one level in pairs left now).
+CUT_VALUES_ACTIVATIONS = 0.5
 
 
 def below_autograd(plan: Plan):
@@ -279,9 +284,10 @@ def levels_for(plan: Plan, x: torch.Tensor, chunk_size: int, affine: Sequence = 
     chunks of twice, four times, ... the level above's (up to the whole batch), made of the level
     above's chunks' values at the cut, when its transients (those values, the input's and the
     target's, then three activations of the widest step on) fit one first-level chunk's, and the cut
-    values that all levels wait on together fit half of one (``CUT_VALUES_SHARE``). One level when
-    the batch is one chunk, or when target images ride in the chunks' batch (devices outside
-    SPLIT_TARGET_PASS_DEVICES: the chunks' rows are not the input's alone)."""
+    values that all levels wait on together fit half a widest activation per first-level sample
+    (``CUT_VALUES_ACTIVATIONS``). One level when the batch is one chunk, or when target images ride
+    in the chunks' batch (devices outside SPLIT_TARGET_PASS_DEVICES: the chunks' rows are not the
+    input's alone)."""
     b = x.shape[0]
     if chunk_size >= b or _target_rides(target_x, x.device.type):
         return ((0, min(chunk_size, b)),)
@@ -297,6 +303,7 @@ def _levels(plan: Plan, sample_shape: Tuple[int, ...], dtype: torch.dtype, batch
     cuts = set(plan.cuts)
     levels = [(0, chunk_size)]
     waiting = 0  # bytes of the cut values the levels so far wait on
+    cut_values_bound = CUT_VALUES_ACTIVATIONS * budget / TRANSIENT_ACTIVATIONS  # the budget is in activations
     for k in plan.cuts:
         first, size = levels[-1]
         if k < first or (k + 1 in cuts and per_step[k + 1] < per_step[k]):
@@ -307,7 +314,7 @@ def _levels(plan: Plan, sample_shape: Tuple[int, ...], dtype: torch.dtype, batch
         grown = size
         while grown < batch:  # doubling, so that each chunk is whole chunks of the level above
             larger = min(2 * grown, batch)
-            if larger * per_sample > budget or waiting + larger * 2 * per_step[k] > CUT_VALUES_SHARE * budget:
+            if larger * per_sample > budget or waiting + larger * 2 * per_step[k] > cut_values_bound:
                 break
             grown = larger
         if grown == size:
