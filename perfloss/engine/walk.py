@@ -68,11 +68,11 @@ RIDING_TARGET_ACTIVATIONS = 4
 CHUNK_RECORDING_DEVICES: Tuple[str, ...] = ()
 # What the values at the cuts that the deeper levels of the walk wait on (:func:`levels_for`) may take
 # together, in widest activations per first-level sample. Half of one is what VGG's input and target
-# values after its second pooling take for two samples: so the levels wait on all they ever will from
-# batch 2 on, and the peak grows by the held bytes alone after that (VGG-19 relu1_1..relu5_1 L1 at
-# 128x128: 1.0x those bytes per added sample from batch 2 to 16, 1.5-2.1x at batches 2-8 when the cut
-# values could take half a chunk's transients, 1.5 activations, with deeper levels in fours and eights
-# 1-4% faster than the one level in pairs left now).
+# values after its second pooling take for two samples, so VGG's levels wait on all they ever will by
+# batch 2 and the peak grows by the held bytes alone from there (VGG-19 relu1_1..relu5_1 L1, 128x128:
+# 1.00x those bytes per added sample from batch 2 to 16). At 1.5 (the rule before 2026-12-01) deeper
+# levels ran in fours and eights, 1-4% faster at batches 8 to 16, but that peak grew by 2.1x and 1.5x
+# the held bytes per added sample from batch 2 to 4 and from 4 to 8.
 CUT_VALUES_ACTIVATIONS = 0.5
 
 
