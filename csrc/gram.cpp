@@ -1,7 +1,9 @@
 // perfloss::gram — CPU Gram matrices G = F F^T (/ (C H W) when normalised).
 //
-// Split-K over H*W, upper-triangle tiles only, mirrored at the end (loss_common.h); fp32 (float64
-// for float64) accumulation from any float input in NCHW or NHWC without a converted copy.
+// fp32 and float64 features: one ATen batched GEMM (loss_common.h's gram_gemm, which style_loss runs
+// too, so that style_loss(x, gram(x)) is exactly 0: the same products, scaled by the same rounded
+// 1 / (C H W)). Half and bfloat16: split-K over H*W, upper-triangle tiles only, mirrored at the end
+// (loss_common.h), accumulated in fp32 from NCHW or NHWC without a converted copy.
 #include "loss_common.h"
 
 namespace perfloss {
@@ -12,10 +14,11 @@ at::Tensor gram_cpu(const at::Tensor& features, bool normalize) {
   const int64_t B = features.size(0), C = features.size(1), N = features.size(2) * features.size(3);
   const bool cl = work_channels_last(features);
   const at::Tensor x = features.contiguous(memory_format_of(cl));
+  const double scale = normalize ? 1.0 / static_cast<double>(C * N) : 1.0;
+  if (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble) return loss::gram_gemm(x, cl, scale);
   at::Tensor out = at::empty({B, C, C}, features.options());
   const int64_t Cp = loss::gram_padded_channels(C);
-  const double scale = normalize ? 1.0 / static_cast<double>(C * N) : 1.0;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gram_cpu", [&] {
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "gram_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     std::vector<acc_t> G = loss::gram_full<scalar_t, acc_t>(x.data_ptr<scalar_t>(), cl, B, C, N);
     scalar_t* o = out.data_ptr<scalar_t>();

@@ -2,13 +2,13 @@
 // the gradient 2 (D + D^T) F / (C H W) with D = G - T, G = F F^T / (C H W).
 //
 // Two products: the Gram, then grad = S F (S = 2 (D + D^T) / (C H W), symmetric), in the features'
-// layout. fp32 and float64 features run both as ATen batched GEMMs: the BLAS picks its kernels for
-// the CPU it runs on, where this file is built for baseline x86-64. At VGG-16's four style taps
-// (128x128 images, batches 1 and 4, 2 threads, AVX-512) the op took 0.55-0.85x the time of the
-// packed kernels (0.55-0.75x from relu2_2 on). Half and bfloat16 features run the packed kernels:
-// the split-K Gram of loss_common.h, then F re-read once in k-chunks, grad^T = P S chunk by chunk;
-// both accumulate in fp32 with no converted copy of the features. The per-entry math of D and S is
-// loss_math.h's, which the CUDA epilogue (csrc/cuda/style_loss.cu) runs too.
+// layout. fp32 and float64 features run both as ATen batched GEMMs (the Gram: loss_common.h's
+// gram_gemm). At VGG-16's four style taps (128x128 images, batches 1 and 4, 2 threads, AVX-512) the
+// op took 0.55-0.85x the time of the packed kernels (0.55-0.75x from relu2_2 on). Half and bfloat16
+// features run the packed kernels: the split-K Gram of loss_common.h, then F re-read once in
+// k-chunks, grad^T = P S chunk by chunk; both accumulate in fp32 with no converted copy of the
+// features. The per-entry math of D and S is loss_math.h's, which the CUDA epilogue
+// (csrc/cuda/style_loss.cu) runs too.
 #include "loss_common.h"
 #include "loss_math.h"
 
@@ -87,19 +87,18 @@ void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t 
   const acc_t* tp = T.data_ptr<acc_t>();
   acc_t* vp = values.data_ptr<acc_t>();
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    // each sample's features as its memory order has them: (C, N) rows in NCHW, (N, C) in NHWC
-    const at::Tensor X = cl ? x.permute({0, 2, 3, 1}).reshape({B, N, C}) : x.reshape({B, C, N});
-    at::Tensor S = cl ? at::bmm(X.transpose(1, 2), X) : at::bmm(X, X.transpose(1, 2));
+    at::Tensor S = loss::gram_gemm(x, cl, 1.0);  // scaled by inv_n in the epilogue, as gram scales it
     acc_t* sp = S.data_ptr<acc_t>();
     for (int64_t b = 0; b < B; ++b)
       vp[b] = difference_and_s(sp + b * C * C, C, tp + b * tb, ti, tj, C, inv_n, compute_grad);
     if (!compute_grad) return;
+    // grad = S F in the features' layout, written straight into the gradient; S is symmetric
     if (cl) {
       at::Tensor out = grad->permute({0, 2, 3, 1}).view({B, N, C});
-      at::bmm_out(out, X, S);  // S is symmetric
+      at::bmm_out(out, loss::sample_rows(x, cl), S);
     } else {
       at::Tensor out = grad->view({B, C, N});
-      at::bmm_out(out, S, X);
+      at::bmm_out(out, S, loss::sample_rows(x, cl));
     }
     return;
   }

@@ -6,6 +6,7 @@ import torch
 from op_helpers import (GPU_RTOL, TOL, assert_close, assert_layout_like, case_id, cases, check_running, gpu_cases,
                         layout, opcheck, rand, ref_gram, ref_style, ref_value_grad, subnormal_step)
 from perfloss.ops import library
+from perfloss.ops.gram import gram
 from perfloss.ops.style_loss import style_loss, style_loss_op, style_loss_values
 
 GPU_IMPLS = ("triton", "cpp")  # on CUDA tensors: the Triton kernels and the C++ CUDA kernel (cuBLAS + epilogue)
@@ -37,6 +38,19 @@ def test_style_loss_per_sample_target(impl, dtype):
     v_ref, g_ref = ref_value_grad(ref_style, x, target)
     assert_close(values, v_ref, 1e-3 if dtype == torch.bfloat16 else 1e-5)
     assert_close(grad, g_ref, TOL[dtype][1])
+
+
+@pytest.mark.skipif(library.extension_error() is not None, reason="perfloss._C not built")
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
+@pytest.mark.parametrize("lay", ("contiguous", "channels_last"))
+def test_style_loss_against_its_own_gram_is_zero(dtype, lay):
+    """The C++ gram and style_loss form fp32 / float64 Grams with one GEMM and one scaling, so a batch
+    against its own Grams gives exactly 0 and a zero gradient (VGG-like channel counts: BLAS tiles)."""
+    with library.use("cpp"):
+        for shape in ((2, 64, 16, 16), (1, 130, 7, 9)):
+            x = layout(rand(shape, dtype), lay)
+            values, grad = style_loss_values(x, gram(x), compute_grad=True)
+            assert torch.count_nonzero(values) == 0 and torch.count_nonzero(grad) == 0
 
 
 def test_gradcheck_float64(impl):
