@@ -115,33 +115,13 @@ inline at::Tensor sample_rows(const at::Tensor& x, bool channels_last) {
   return channels_last ? x.permute({0, 2, 3, 1}).reshape({B, N, C}) : x.reshape({B, C, N});
 }
 
-// fp32 and float64 features: each sample's Gram F F^T times `scale` as one ATen batched GEMM, so the
-// BLAS picks its kernels for the CPU it runs on (this file is built for baseline x86-64). Then, 32
-// rows at a time, the upper triangle is scaled and mirrored onto the lower: BLAS kernels round G_ij
-// and G_ji differently, and a Gram is symmetric.
-inline at::Tensor gram_gemm(const at::Tensor& x, bool channels_last, double scale) {
-  const int64_t B = x.size(0), C = x.size(1);
+// fp32 and float64 features: each sample's Gram F F^T (unnormalised) as one ATen batched GEMM, so the
+// BLAS picks its kernels for the CPU it runs on (this file is built for baseline x86-64). BLAS
+// kernels round G_ij and G_ji differently: gram and style_loss read the upper triangle only, so
+// that style_loss(x, gram(x)) is exactly 0.
+inline at::Tensor gram_products(const at::Tensor& x, bool channels_last) {
   const at::Tensor rows = sample_rows(x, channels_last);
-  at::Tensor G = channels_last ? at::bmm(rows.transpose(1, 2), rows) : at::bmm(rows, rows.transpose(1, 2));
-  AT_DISPATCH_FLOATING_TYPES(G.scalar_type(), "gram_gemm", [&] {
-    constexpr int64_t kTile = 32;
-    const scalar_t sc = static_cast<scalar_t>(scale);
-    const int64_t row_tiles = ceil_div(C, kTile);
-    scalar_t* g_all = G.data_ptr<scalar_t>();
-    // a task owns 32 rows' upper part and the 32 columns it mirrors to: no two tasks meet
-    at::parallel_for(0, B * row_tiles, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        scalar_t* g = g_all + (t / row_tiles) * C * C;
-        const int64_t i0 = (t % row_tiles) * kTile, i1 = std::min(i0 + kTile, C);
-        for (int64_t i = i0; i < i1; ++i)
-          for (int64_t j = i; j < C; ++j) g[i * C + j] *= sc;
-        // row by row below: contiguous writes, reads down the tile's few columns (in cache)
-        for (int64_t j = i0 + 1; j < C; ++j)
-          for (int64_t i = i0; i < std::min(i1, j); ++i) g[j * C + i] = g[i * C + j];
-      }
-    });
-  });
-  return G;
+  return channels_last ? at::bmm(rows.transpose(1, 2), rows) : at::bmm(rows, rows.transpose(1, 2));
 }
 
 // A sample's features are F (C x N), N = H*W. Work goes in k-chunks of `kc` pixels: a chunk is

@@ -3,7 +3,7 @@
 //
 // Two products: the Gram, then grad = S F (S = 2 (D + D^T) / (C H W), symmetric), in the features'
 // layout. fp32 and float64 features run both as ATen batched GEMMs (the Gram: loss_common.h's
-// gram_gemm). At VGG-16's four style taps (128x128 images, batches 1 and 4, 2 threads, AVX-512) the
+// gram_products, as gram runs it). At VGG-16's four style taps (128x128 images, batches 1 and 4, 2 threads, AVX-512) the
 // op took 0.55-0.85x the time of the packed kernels (0.55-0.75x from relu2_2 on). Half and bfloat16
 // features run the packed kernels: the split-K Gram of loss_common.h, then F re-read once in
 // k-chunks, grad^T = P S chunk by chunk; both accumulate in fp32 with no converted copy of the
@@ -44,38 +44,50 @@ PERFLOSS_HOT_CLONES void panel_times_s(const acc_t* P, int64_t kcp, int64_t C, i
   }
 }
 
-// One sample's value sum_ij D_ij^2 (D = G / (C H W) - T) and, when asked, S written over G (C x C,
-// rows ld apart). Row sums in acc_t, added in double; S in square tiles, so that the reads down
-// columns stay in cache (512 channels: a 1 MiB fp32 matrix).
+// Every sample's value sum_ij D_ij^2 (D = G / (C H W) - T) into `values` and, when asked, S written
+// over G ((B, C, C), samples gs apart, rows ld apart). G is symmetric and only its upper triangle is
+// read: D_ij and D_ji both come from G_ij, so each pair is read once and S_ij = S_ji written once,
+// in 32x32 tile pairs. A task owns the pairs whose first index is in its 32 rows (no two tasks
+// meet); it sums its share of the value in double, and the shares are added in task order
+// (deterministic).
 template <typename acc_t>
-acc_t difference_and_s(acc_t* G, int64_t ld, const acc_t* T, int64_t ti, int64_t tj, int64_t C, acc_t inv_n,
-                       bool compute_grad) {
-  double v = 0.0;
-  for (int64_t i = 0; i < C; ++i) {
-    acc_t* g = G + i * ld;
-    const acc_t* t = T + i * ti;
-    acc_t row = 0;
-#pragma omp simd reduction(+ : row)
-    for (int64_t j = 0; j < C; ++j) {
-      const acc_t d = loss_math::style_difference(g[j], inv_n, t[j * tj]);
-      row += d * d;
-      g[j] = d;  // G becomes D in place
-    }
-    v += static_cast<double>(row);
-  }
-  if (compute_grad) {
-    constexpr int64_t kTile = 32;
-    const acc_t two_inv_n = 2 * inv_n;
-    for (int64_t i0 = 0; i0 < C; i0 += kTile)
-      for (int64_t j0 = i0; j0 < C; j0 += kTile)
-        for (int64_t i = i0; i < std::min(i0 + kTile, C); ++i)
-          for (int64_t j = std::max(j0, i); j < std::min(j0 + kTile, C); ++j) {
-            const acc_t s = loss_math::style_grad_factor(G[i * ld + j], G[j * ld + i], two_inv_n);
-            G[i * ld + j] = s;
-            G[j * ld + i] = s;
+void difference_and_s(acc_t* G, int64_t gs, int64_t ld, const acc_t* T, int64_t tb, int64_t ti, int64_t tj,
+                      int64_t B, int64_t C, acc_t inv_n, bool compute_grad, acc_t* values) {
+  constexpr int64_t kTile = 32;
+  const int64_t row_tiles = ceil_div(C, kTile);
+  const acc_t two_inv_n = 2 * inv_n;
+  std::vector<double> shares(B * row_tiles);
+  at::parallel_for(0, B * row_tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      acc_t* g = G + (task / row_tiles) * gs;
+      const acc_t* t = T + (task / row_tiles) * tb;
+      const int64_t i0 = (task % row_tiles) * kTile, i1 = std::min(i0 + kTile, C);
+      double v = 0.0;
+      for (int64_t j0 = i0; j0 < C; j0 += kTile) {
+        const int64_t j1 = std::min(j0 + kTile, C);
+        for (int64_t i = i0; i < i1; ++i) {
+          acc_t part = 0;
+          for (int64_t j = std::max(j0, i); j < j1; ++j) {
+            const acc_t d_ij = loss_math::style_difference(g[i * ld + j], inv_n, t[i * ti + j * tj]);
+            const acc_t d_ji = loss_math::style_difference(g[i * ld + j], inv_n, t[j * ti + i * tj]);
+            part += j == i ? d_ij * d_ij : d_ij * d_ij + d_ji * d_ji;
+            if (compute_grad) {
+              const acc_t s = loss_math::style_grad_factor(d_ij, d_ji, two_inv_n);
+              g[i * ld + j] = s;
+              g[j * ld + i] = s;
+            }
           }
+          v += static_cast<double>(part);
+        }
+      }
+      shares[task] = v;
+    }
+  });
+  for (int64_t b = 0; b < B; ++b) {
+    double v = 0.0;
+    for (int64_t r = 0; r < row_tiles; ++r) v += shares[b * row_tiles + r];
+    values[b] = static_cast<acc_t>(v);
   }
-  return static_cast<acc_t>(v);
 }
 
 template <typename scalar_t>
@@ -87,10 +99,8 @@ void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t 
   const acc_t* tp = T.data_ptr<acc_t>();
   acc_t* vp = values.data_ptr<acc_t>();
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    at::Tensor S = loss::gram_gemm(x, cl, 1.0);  // scaled by inv_n in the epilogue, as gram scales it
-    acc_t* sp = S.data_ptr<acc_t>();
-    for (int64_t b = 0; b < B; ++b)
-      vp[b] = difference_and_s(sp + b * C * C, C, tp + b * tb, ti, tj, C, inv_n, compute_grad);
+    at::Tensor S = loss::gram_products(x, cl);
+    difference_and_s(S.data_ptr<acc_t>(), C * C, C, tp, tb, ti, tj, B, C, inv_n, compute_grad, vp);
     if (!compute_grad) return;
     // grad = S F in the features' layout, written straight into the gradient; S is symmetric
     if (cl) {
@@ -105,8 +115,7 @@ void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t 
   const int64_t Cp = loss::gram_padded_channels(C);
   const scalar_t* xp = x.data_ptr<scalar_t>();
   std::vector<acc_t> S = loss::gram_full<scalar_t, acc_t>(xp, cl, B, C, N);
-  for (int64_t b = 0; b < B; ++b)
-    vp[b] = difference_and_s(S.data() + b * Cp * Cp, Cp, tp + b * tb, ti, tj, C, inv_n, compute_grad);
+  difference_and_s(S.data(), Cp * Cp, Cp, tp, tb, ti, tj, B, C, inv_n, compute_grad, vp);
   if (!compute_grad) return;
   scalar_t* gp = grad->data_ptr<scalar_t>();
   const int64_t KC = loss::gram_chunk(Cp);

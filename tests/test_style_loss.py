@@ -40,6 +40,18 @@ def test_style_loss_per_sample_target(impl, dtype):
     assert_close(grad, g_ref, TOL[dtype][1])
 
 
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float32))
+def test_style_loss_asymmetric_target(impl, dtype):
+    """A target that is no Gram (T_ij != T_ji), shared and per sample, over channels that span several
+    32-row tiles: the gradient is (D + D^T) F scaled, with D_ji = G_ji - T_ji."""
+    x = rand((2, 70, 5, 6), dtype)
+    for target in (rand((2, 70, 70), torch.float32, seed=3) * 0.1, rand((1, 70, 70), torch.float32, seed=4) * 0.1):
+        values, grad = style_loss_values(x, target, compute_grad=True)
+        v_ref, g_ref = ref_value_grad(ref_style, x, target.expand(2, -1, -1))
+        assert_close(values, v_ref, 1e-3 if dtype == torch.bfloat16 else 1e-5)
+        assert_close(grad, g_ref, TOL[dtype][1])
+
+
 @pytest.mark.skipif(library.extension_error() is not None, reason="perfloss._C not built")
 @pytest.mark.parametrize("dtype", (torch.float32, torch.float64))
 @pytest.mark.parametrize("lay", ("contiguous", "channels_last"))
