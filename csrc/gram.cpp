@@ -3,8 +3,8 @@
 // fp32 and float64 features: one ATen batched GEMM (loss_common.h's gram_products, which style_loss
 // runs too), then its upper triangle scaled and mirrored: style_loss(x, gram(x)) is exactly 0 (the
 // same products of the upper triangle, scaled by the same rounded 1 / (C H W)). Half and bfloat16:
-// split-K over H*W, upper-triangle tiles only, mirrored at the end (loss_common.h), accumulated in
-// fp32 from NCHW or NHWC without a converted copy.
+// split-K over H*W, upper-triangle tiles only (loss_common.h), accumulated in fp32 from NCHW or NHWC
+// without a converted copy, mirrored as it is written out.
 #include "loss_common.h"
 
 namespace perfloss {
@@ -46,12 +46,16 @@ at::Tensor gram_cpu(const at::Tensor& features, bool normalize) {
   const int64_t Cp = loss::gram_padded_channels(C);
   AT_DISPATCH_REDUCED_FLOATING_TYPES(x.scalar_type(), "gram_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    std::vector<acc_t> G = loss::gram_full<scalar_t, acc_t>(x.data_ptr<scalar_t>(), cl, B, C, N);
+    std::vector<acc_t> G = loss::gram_upper<scalar_t, acc_t>(x.data_ptr<scalar_t>(), cl, B, C, N);
     scalar_t* o = out.data_ptr<scalar_t>();
     const acc_t sc = static_cast<acc_t>(scale);
     for (int64_t b = 0; b < B; ++b)
       for (int64_t i = 0; i < C; ++i)
-        for (int64_t j = 0; j < C; ++j) o[(b * C + i) * C + j] = static_cast<scalar_t>(G[(b * Cp + i) * Cp + j] * sc);
+        for (int64_t j = i; j < C; ++j) {
+          const scalar_t g = static_cast<scalar_t>(G[(b * Cp + i) * Cp + j] * sc);
+          o[(b * C + i) * C + j] = g;
+          o[(b * C + j) * C + i] = g;
+        }
   });
   return out;
 }

@@ -182,10 +182,11 @@ PERFLOSS_HOT_CLONES void gram_syrk_panel(const acc_t* P, int64_t kc, int64_t Cp,
   }
 }
 
-// Unnormalised Gram of every sample in the accumulation type, full symmetric (B, Cp, Cp), computed
-// split-K over N with per-split partial matrices summed in a fixed order (deterministic).
+// Unnormalised Gram of every sample in the accumulation type, (B, Cp, Cp), its upper triangle
+// (i <= j < C) only (the rest is 0), computed split-K over N with per-split partial matrices summed in
+// a fixed order (deterministic).
 template <typename scalar_t, typename acc_t>
-std::vector<acc_t> gram_full(const scalar_t* x, bool channels_last, int64_t B, int64_t C, int64_t N) {
+std::vector<acc_t> gram_upper(const scalar_t* x, bool channels_last, int64_t B, int64_t C, int64_t N) {
   const int64_t Cp = gram_padded_channels(C);
   const int64_t KC = gram_chunk(Cp);
   const int64_t chunks = ceil_div(N, KC);
@@ -214,8 +215,6 @@ std::vector<acc_t> gram_full(const scalar_t* x, bool channels_last, int64_t B, i
       for (int64_t i = 0; i < C; ++i)
         for (int64_t j = i; j < C; ++j) G[i * Cp + j] += src[i * Cp + j];
     }
-    for (int64_t i = 0; i < C; ++i)
-      for (int64_t j = i + 1; j < C; ++j) G[j * Cp + i] = G[i * Cp + j];
   }
   return out;
 }

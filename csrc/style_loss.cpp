@@ -3,10 +3,10 @@
 //
 // Two products: the Gram, then grad = S F (S = 2 (D + D^T) / (C H W), symmetric), in the features'
 // layout. fp32 and float64 features run both as ATen batched GEMMs (the Gram: loss_common.h's
-// gram_products, as gram runs it). At VGG-16's four style taps (128x128 images, batches 1 and 4, 2 threads, AVX-512) the
-// op took 0.55-0.85x the time of the packed kernels (0.55-0.75x from relu2_2 on). Half and bfloat16
-// features run the packed kernels: the split-K Gram of loss_common.h, then F re-read once in
-// k-chunks, grad^T = P S chunk by chunk; both accumulate in fp32 with no converted copy of the
+// gram_products, as gram runs it). At VGG-16's four style taps (128x128 images, batches 1 and 4, 2
+// threads, AVX-512) the op took 0.55-0.85x the time of the packed kernels (0.55-0.75x from relu2_2 on).
+// Half and bfloat16 features run the packed kernels: the split-K Gram of loss_common.h, then F re-read
+// once in k-chunks, grad^T = P S chunk by chunk; both accumulate in fp32 with no converted copy of the
 // features. The per-entry math of D and S is loss_math.h's, which the CUDA epilogue
 // (csrc/cuda/style_loss.cu) runs too.
 #include "loss_common.h"
@@ -45,9 +45,10 @@ PERFLOSS_HOT_CLONES void panel_times_s(const acc_t* P, int64_t kcp, int64_t C, i
 }
 
 // Every sample's value sum_ij D_ij^2 (D = G / (C H W) - T) into `values` and, when asked, S written
-// over G ((B, C, C), samples gs apart, rows ld apart). G is symmetric and only its upper triangle is
-// read: D_ij and D_ji both come from G_ij, so each pair is read once and S_ij = S_ji written once,
-// in 32x32 tile pairs. A task owns the pairs whose first index is in its 32 rows (no two tasks
+// over G ((B, C, C), samples gs apart, rows ld apart). Only G's upper triangle is read (a Gram is
+// symmetric; a GEMM's lower triangle may round differently, the packed Gram has none): D_ij and
+// D_ji both come from G_ij, so each pair is read once and S_ij = S_ji written once, in 32x32 tile
+// pairs. A task owns the pairs whose first index is in its 32 rows (no two tasks
 // meet); it sums its share of the value in double, and the shares are added in task order
 // (deterministic).
 template <typename acc_t>
@@ -114,7 +115,7 @@ void style_loss_impl(const at::Tensor& x, bool cl, const at::Tensor& T, int64_t 
   }
   const int64_t Cp = loss::gram_padded_channels(C);
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  std::vector<acc_t> S = loss::gram_full<scalar_t, acc_t>(xp, cl, B, C, N);
+  std::vector<acc_t> S = loss::gram_upper<scalar_t, acc_t>(xp, cl, B, C, N);
   difference_and_s(S.data(), Cp * Cp, Cp, tp, tb, ti, tj, B, C, inv_n, compute_grad, vp);
   if (!compute_grad) return;
   scalar_t* gp = grad->data_ptr<scalar_t>();
