@@ -8,6 +8,7 @@ events), never RSS. The CPU figure needs a profiled run, so time is measured in 
 import csv
 import json
 import os
+import resource
 import shlex
 import statistics
 import time
@@ -60,10 +61,20 @@ def warm_up(step: Step, device: torch.device) -> float:
 class Timing(NamedTuple):
     """Median milliseconds of a step: until its work is done (``ms``), and until its Python call
     returned (``host_ms``, before the device synchronised). On CUDA a step whose host time is close to
-    its whole time is bound by the host's issuing of kernels, not by the GPU; on CPU the two agree."""
+    its whole time is bound by the host's issuing of kernels, not by the GPU; on CPU the two agree.
+    ``page_faults``: the median minor page faults of the process per step. On CPU each one is a fresh
+    page the C allocator took from the system: with its default settings glibc's malloc maps large
+    buffers afresh and unmaps them when freed (a 16 MiB tensor allocated and freed in a loop faults in
+    all 4096 of its pages every time, measured), so a step whose buffers are large touches new zeroed
+    pages each time, which can cost as much time as its arithmetic."""
 
     ms: float
     host_ms: float
+    page_faults: float
+
+
+def _minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def interleaved_medians(steps: Dict[str, Step], repeat: int, device: torch.device) -> Dict[str, Timing]:
@@ -71,15 +82,19 @@ def interleaved_medians(steps: Dict[str, Step], repeat: int, device: torch.devic
     so drifts of a shared machine's load hit all of them alike."""
     times: Dict[str, List[float]] = {name: [] for name in steps}
     host: Dict[str, List[float]] = {name: [] for name in steps}
+    faults: Dict[str, List[int]] = {name: [] for name in steps}
     for _ in range(repeat):
         for name, step in steps.items():
             _sync(device)
+            faults_before = _minor_faults()
             start = time.perf_counter()
             step()
             host[name].append(time.perf_counter() - start)
             _sync(device)
             times[name].append(time.perf_counter() - start)
-    return {name: Timing(1e3 * statistics.median(times[name]), 1e3 * statistics.median(host[name])) for name in steps}
+            faults[name].append(_minor_faults() - faults_before)
+    return {name: Timing(1e3 * statistics.median(times[name]), 1e3 * statistics.median(host[name]),
+                         statistics.median(faults[name])) for name in steps}
 
 
 def peak_mib(step: Step, device: torch.device) -> float:

@@ -32,7 +32,11 @@ larger batches (noted in the table). The median time comes from --repeat rounds 
 the engines; the peak (perfloss.engine.memory.peak_bytes: exact allocator peak above what was
 allocated before the step) from a run of its own. On CUDA the table also gives each engine's host
 ms: the median time until the step's Python call returned, before the GPU synchronised (a lean
-engine in small chunks whose host time is about its whole time is bound by issuing kernels).
+engine in small chunks whose host time is about its whole time is bound by issuing kernels). Under
+each table: every engine's median page faults per step (fresh pages from the system: on CPU, time
+spent because glibc's malloc gives large buffers back; _timing.Timing). To time without that, keep
+malloc's memory: MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 python ...
+(the results' environment records the setting).
 Writes <out>.md, .json, .csv and .png (peak MiB against batch, one line per engine, one panel per
 loss).
 """
@@ -235,7 +239,9 @@ def sweep(args, device: torch.device) -> List[Dict]:
                              "target_pass": args.target_pass,
                              "peak_mib": step_peak_mib(engine, steps[engine], device) if measured else None,
                              "median_ms": times[engine].ms if measured else None,
-                             "host_ms": times[engine].host_ms if measured else None, "note": notes.get(engine, ""),
+                             "host_ms": times[engine].host_ms if measured else None,
+                             "page_faults": times[engine].page_faults if measured else None,
+                             "note": notes.get(engine, ""),
                              "held_per_sample_mib": held if is_lean(engine) else None})
                 progress.update()
             del inputs, steps
@@ -264,6 +270,15 @@ def growth_line(rows: List[Dict], name: str, batches: List[int], engines: List[s
         return ""
     return (f"\n\nLean holds {held:.2f} MiB per sample for backward (masks, codes, tap gradients); its peak grows "
             f"per added sample by this many times that: {'; '.join(growths)}.")
+
+
+def faults_line(rows: List[Dict], name: str, batches: List[int], engines: List[str]) -> str:
+    """Each engine's median page faults per step against batch (see ``_timing.Timing.page_faults``)."""
+    by_key = _lookup(rows)
+    counts = [f"{e} " + ", ".join(_timing.number(by_key[(name, e, b)]["page_faults"], 0) for b in batches)
+              for e in engines]
+    return (f"\n\nPage faults per step (median; fresh pages from the system, batches {', '.join(map(str, batches))}): "
+            + "; ".join(counts) + ".")
 
 
 def _lookup(rows: List[Dict]) -> Dict[Tuple[str, str, int], Dict]:
@@ -297,6 +312,7 @@ def markdown(rows: List[Dict], args, device: torch.device) -> str:
         notes = sorted({f"{r['engine']}: {r['note']}" for r in rows if r["loss"] == name and r["note"]})
         growth = growth_line(rows, name, list(args.batches), [e for e in args.engines if is_lean(e)])
         sections.append(f"## {LOSSES[name]}\n\n" + _timing.markdown_table(header, table) + growth
+                        + faults_line(rows, name, list(args.batches), args.engines)
                         + "".join(f"\n\n{n}" for n in notes))
     return "\n\n".join(sections)
 

@@ -10,6 +10,7 @@ memory do not depend on their values.
 import argparse
 import csv
 import json
+import os
 import platform
 import statistics
 import time
@@ -140,6 +141,9 @@ def _cpu_model() -> str:
         return platform.processor() or platform.machine()
 
 
+MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "LD_PRELOAD")
+
+
 def environment(device: str) -> Dict[str, str]:
     env = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
            "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
@@ -149,6 +153,10 @@ def environment(device: str) -> Dict[str, str]:
         env["cuda"] = str(torch.version.cuda)
     else:  # CPU timings differ by CPU kind: oneDNN picks its kernels (and fp32 summation order) per ISA
         env["cpu"] = f"{_cpu_model()}, {torch.backends.cpu.get_cpu_capability()}"
+        # and by the C allocator: under glibc's defaults a large buffer is fresh pages on every allocation,
+        # each faulted in and zeroed by the system; these settings, or another malloc, can keep them
+        settings = [f"{k}={os.environ[k]}" for k in MALLOC_SETTINGS if os.environ.get(k)]
+        env["malloc"] = " ".join(settings) or "default"
     try:
         import triton
         env["triton"] = triton.__version__

@@ -70,6 +70,28 @@ def test_peak_batch_sweep_target_pass_ride(one_thread, benchmark_script, tmp_pat
     assert peaks["ride"]["lean:1"] > peaks["split"]["lean:1"]
 
 
+def test_page_faults_count_fresh_pages(benchmark_script):
+    """A step that fills a new 64 MiB buffer and keeps it (so its pages are fresh, whatever the C
+    allocator's settings) faults in at least that many 2 MiB huge pages; a step that allocates nothing
+    faults in fewer."""
+    _timing = benchmark_script("_timing")
+    size, kept = 64 << 20, []
+    steps = {"fresh": lambda: kept.append(torch.ones(size, dtype=torch.uint8)), "idle": lambda: None}
+    faults = {name: t.page_faults for name, t in _timing.interleaved_medians(steps, 3, torch.device("cpu")).items()}
+    assert faults["fresh"] >= size // (2 << 20) > faults["idle"]
+
+
+def test_environment_names_the_c_allocator(benchmark_script, monkeypatch):
+    _timing = benchmark_script("_timing")
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "4294967296")
+    env = _timing.environment(torch.device("cpu"), "sweep.py", [])
+    assert env["malloc"] == "MALLOC_MMAP_THRESHOLD_=4294967296"
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    assert _timing.environment(torch.device("cpu"), "sweep.py", [])["malloc"] == "default"
+
+
 def test_train_step_quick(one_thread, benchmark_script, tmp_path):
     train_step = benchmark_script("train_step")
     out = str(tmp_path / "train")
