@@ -183,8 +183,8 @@ def markdown(rows: List[Dict], args) -> str:
     sections = [(f"# A training step (generator forward, loss, backward, Adam), batch {args.batch}, "
                  f"fp32, random weights (median of {args.repeat})")]
     header = ["variant", "step peak MiB", "peak above generator alone MiB", "median step ms", "page faults per step",
-              "eager/this peak",
-              "this/eager time", f"largest batch within {args.budget_mib:g} MiB", "peaks measured (batch: MiB)"]
+              "eager/this peak", "this/eager time", f"largest batch within {args.budget_mib:g} MiB",
+              "peaks measured (batch: MiB)"]
     for name in args.workloads:
         mine = {r["variant"]: r for r in rows if r["workload"] == name}
         alone, eager = mine[GENERATOR_ALONE], mine.get("eager", {})
