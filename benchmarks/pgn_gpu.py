@@ -85,7 +85,18 @@ def measure(variant, loss_fn, args, device):
     return {"variant": variant, "median_ms": 1e3 * statistics.median(times), "peak_bytes": peak}
 
 
-def main(argv=None):
+VARIANTS = ("teacher_eager", "teacher_lean", "pgn", "pgn_bf16", "pgn_graph")
+
+
+def variant_list(text):
+    variants = [v for v in text.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown variants {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
+    return variants
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--size", type=int, default=256)
@@ -93,14 +104,18 @@ def main(argv=None):
     ap.add_argument("--arch", default="resnet4")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--variants", default="teacher_eager,teacher_lean,pgn,pgn_bf16,pgn_graph")
+    ap.add_argument("--variants", type=variant_list, default=list(VARIANTS), help="comma-separated")
     ap.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (CPU runs)")
     ap.add_argument("--out", default=RESULTS)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    variants = [v for v in args.variants.split(",") if v and not (v == "pgn_graph" and device.type != "cuda")]
+    variants = [v for v in args.variants if not (v == "pgn_graph" and device.type != "cuda")]
     rows = []
     for v in variants:
         try:

@@ -8,13 +8,17 @@ from perfloss.evaluate import cli as evaluate_cli
 from perfloss.pgn import cli as pgn_cli
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="perfloss", description="Cheap perceptual losses for PyTorch.")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="perfloss", description="Cheap perceptual losses for PyTorch.")
+    subparsers = p.add_subparsers(dest="command", required=True)
     bench.add_parser(subparsers)
     pgn_cli.add_parser(subparsers)
     evaluate_cli.add_parser(subparsers)
-    args = parser.parse_args(argv)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
     return args.func(args)
 
 
