@@ -4,6 +4,7 @@ script and perfloss command parses its recorded arguments, and every pytest comm
 A renamed flag, an engine name the sweep does not know or a test selection that selects nothing fails
 here, not in a session's few minutes of device time."""
 import importlib
+import importlib.util
 import json
 import os
 import re
