@@ -12,7 +12,7 @@ import resource
 import shlex
 import statistics
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -66,11 +66,13 @@ class Timing(NamedTuple):
     page the C allocator took from the system: with its default settings glibc's malloc maps large
     buffers afresh and unmaps them when freed (a 16 MiB tensor allocated and freed in a loop faults in
     all 4096 of its pages every time, measured), so a step whose buffers are large touches new zeroed
-    pages each time, which can cost as much time as its arithmetic."""
+    pages each time, which can cost as much time as its arithmetic. ``round_ms``: each round's ms, in
+    round order, to pair with another step's rounds (:func:`paired_ratio`)."""
 
     ms: float
     host_ms: float
     page_faults: float
+    round_ms: Tuple[float, ...]
 
 
 def _minor_faults() -> int:
@@ -79,12 +81,15 @@ def _minor_faults() -> int:
 
 def interleaved_medians(steps: Dict[str, Step], repeat: int, device: torch.device) -> Dict[str, Timing]:
     """Median times of each (warmed-up) step over ``repeat`` rounds; each round runs every step once,
-    so drifts of a shared machine's load hit all of them alike."""
+    so drifts of a shared machine's load hit all of them alike, and every other round runs them in
+    reverse order, so that no step always follows the same one (whose freed memory, cache contents and
+    clock state it would inherit)."""
     times: Dict[str, List[float]] = {name: [] for name in steps}
     host: Dict[str, List[float]] = {name: [] for name in steps}
     faults: Dict[str, List[int]] = {name: [] for name in steps}
-    for _ in range(repeat):
-        for name, step in steps.items():
+    order = list(steps.items())
+    for round_index in range(repeat):
+        for name, step in (order if round_index % 2 == 0 else order[::-1]):
             _sync(device)
             faults_before = _minor_faults()
             start = time.perf_counter()
@@ -94,7 +99,22 @@ def interleaved_medians(steps: Dict[str, Step], repeat: int, device: torch.devic
             times[name].append(time.perf_counter() - start)
             faults[name].append(_minor_faults() - faults_before)
     return {name: Timing(1e3 * statistics.median(times[name]), 1e3 * statistics.median(host[name]),
-                         statistics.median(faults[name])) for name in steps}
+                         statistics.median(faults[name]), tuple(1e3 * t for t in times[name])) for name in steps}
+
+
+def paired_ratio(numerator_ms: Optional[Sequence[float]], denominator_ms: Optional[Sequence[float]]) -> str:
+    """The median of the rounds' ratios of two steps timed together (``Timing.round_ms``), with their
+    interquartile range when there are 4 rounds or more: "1.02 (0.98-1.05)". A pair of steps drifts
+    together with the machine's load, so the spread of their ratio says how far the median can be
+    trusted, which the ratio of two medians does not."""
+    if not numerator_ms or not denominator_ms:
+        return "-"
+    ratios = [a / b for a, b in zip(numerator_ms, denominator_ms)]
+    text = f"{statistics.median(ratios):.2f}"
+    if len(ratios) >= 4:
+        low, _, high = statistics.quantiles(ratios, n=4)
+        text += f" ({low:.2f}-{high:.2f})"
+    return text
 
 
 def peak_mib(step: Step, device: torch.device) -> float:

@@ -79,7 +79,8 @@ def run(args, device: torch.device) -> List[Dict]:
             times = _timing.interleaved_medians(steps, args.repeat, device)
             for impl, step in steps.items():
                 rows.append(dict(case=case, impl=impl, batch=args.batch, size=args.size,
-                                 peak_mib=_timing.peak_mib(step, device), median_ms=times[impl].ms))
+                                 peak_mib=_timing.peak_mib(step, device), median_ms=times[impl].ms,
+                                 round_ms=list(times[impl].round_ms)))
     return rows
 
 
@@ -90,9 +91,9 @@ def markdown(rows: List[Dict]) -> str:
         peer, ours = by[(case, "peer")], by[(case, "perfloss")]
         table.append([CASES[case], _timing.number(peer["peak_mib"]), _timing.number(ours["peak_mib"]),
                       _timing.ratio(peer["peak_mib"], ours["peak_mib"]), _timing.number(peer["median_ms"]),
-                      _timing.number(ours["median_ms"]), _timing.ratio(ours["median_ms"], peer["median_ms"])])
+                      _timing.number(ours["median_ms"]), _timing.paired_ratio(ours["round_ms"], peer["round_ms"])])
     header = ["loss", "peer peak MiB", "perfloss peak MiB", "peer / perfloss peak", "peer ms", "perfloss ms",
-              "perfloss / peer time"]
+              "perfloss / peer time (rounds' median, IQR)"]
     return _timing.markdown_table(header, table)
 
 

@@ -29,8 +29,10 @@ works in that layout has them; every engine then runs in it.
 For each loss and batch, every engine's step is warmed up (compile compiles there), then timed
 once as a guard: a step over --max-seconds-per-step is skipped, and so are that loss and engine at
 larger batches (noted in the table). The median time comes from --repeat rounds that interleave
-the engines; the peak (perfloss.engine.memory.peak_bytes: exact allocator peak above what was
-allocated before the step) from a run of its own. On CUDA the table also gives each engine's host
+the engines (in reverse order every other round); a lean engine's time against eager's is the median
+of the rounds' ratios, with their interquartile range from 4 rounds on. The peak
+(perfloss.engine.memory.peak_bytes: exact allocator peak above what was allocated before the step)
+comes from a run of its own. On CUDA the table also gives each engine's host
 ms: the median time until the step's Python call returned, before the GPU synchronised (a lean
 engine in small chunks whose host time is about its whole time is bound by issuing kernels). Under
 each table: every engine's median page faults per step (fresh pages from the system: on CPU, time
@@ -239,6 +241,7 @@ def sweep(args, device: torch.device) -> List[Dict]:
                              "target_pass": args.target_pass,
                              "peak_mib": step_peak_mib(engine, steps[engine], device) if measured else None,
                              "median_ms": times[engine].ms if measured else None,
+                             "round_ms": list(times[engine].round_ms) if measured else None,
                              "host_ms": times[engine].host_ms if measured else None,
                              "page_faults": times[engine].page_faults if measured else None,
                              "note": notes.get(engine, ""),
@@ -287,13 +290,15 @@ def _lookup(rows: List[Dict]) -> Dict[Tuple[str, str, int], Dict]:
 
 def markdown(rows: List[Dict], args, device: torch.device) -> str:
     """Per loss: peak MiB and median ms per engine against batch; with eager, each lean engine's peak and
-    time against eager's; on CUDA, each engine's host ms too (see ``_timing.Timing``)."""
+    time against eager's (the rounds' paired ratios, ``_timing.paired_ratio``); on CUDA, each engine's
+    host ms too (see ``_timing.Timing``)."""
     by_key = _lookup(rows)
     host = args.engines if device.type == "cuda" else []
     # each lean engine (lean, lean:N, either +graphs) against eager
     leans = [e for e in args.engines if is_lean(e)] if "eager" in args.engines else []
     sections = [(f"# Peak memory and median time of one loss forward+backward, {args.size}x{args.size}, "
                  f"{setting_label(args)}, random weights (median of {args.repeat})\n\n"
+                 f"Time against eager: the median of the rounds' ratios (interquartile range).\n\n"
                  f"Lean's target images: {TARGET_PASS_WORDS[args.target_pass]}.")]
     for name in args.losses:
         header = (["batch"] + [f"{e} peak MiB" for e in args.engines] + [f"{e} ms" for e in args.engines]
@@ -307,7 +312,7 @@ def markdown(rows: List[Dict], args, device: torch.device) -> str:
                    + [_timing.number(by_key[(name, e, batch)]["host_ms"]) for e in host])
             eager = by_key[(name, "eager", batch)] if leans else None
             row += [_timing.ratio(eager["peak_mib"], by_key[(name, e, batch)]["peak_mib"]) for e in leans]
-            row += [_timing.ratio(by_key[(name, e, batch)]["median_ms"], eager["median_ms"]) for e in leans]
+            row += [_timing.paired_ratio(by_key[(name, e, batch)]["round_ms"], eager["round_ms"]) for e in leans]
             table.append(row)
         notes = sorted({f"{r['engine']}: {r['note']}" for r in rows if r["loss"] == name and r["note"]})
         growth = growth_line(rows, name, list(args.batches), [e for e in args.engines if is_lean(e)])

@@ -81,6 +81,21 @@ def test_page_faults_count_fresh_pages(benchmark_script):
     assert faults["fresh"] >= size // (2 << 20) > faults["idle"]
 
 
+def test_rounds_alternate_order_and_ratios_pair_them(benchmark_script):
+    """Every other round runs the steps in reverse order; each round's time is kept in order; the
+    paired ratio is the median of the rounds' ratios with their quartiles (statistics' exclusive method:
+    ratios 1, 2, 3, 4 have quartiles 1.25 and 3.75)."""
+    _timing = benchmark_script("_timing")
+    calls = []
+    steps = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = _timing.interleaved_medians(steps, 4, torch.device("cpu"))
+    assert "".join(calls) == "abccbaabccba"
+    assert all(len(t.round_ms) == 4 and min(t.round_ms) > 0 for t in times.values())
+    assert _timing.paired_ratio([1.0, 4.0, 9.0, 16.0], [1.0, 2.0, 3.0, 4.0]) == "2.50 (1.25-3.75)"
+    assert _timing.paired_ratio([3.0, 2.0], [2.0, 2.0]) == "1.25"  # fewer than 4 rounds: no range
+    assert _timing.paired_ratio(None, [1.0]) == "-"
+
+
 def test_environment_names_the_c_allocator(benchmark_script, monkeypatch):
     _timing = benchmark_script("_timing")
     monkeypatch.delenv("LD_PRELOAD", raising=False)
