@@ -42,7 +42,7 @@ def machine(args) -> torch.device:
     return pick_device(args.device)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -51,10 +51,10 @@ def warm_up(step: Step, device: torch.device) -> float:
     """Run ``step`` once untimed (compilation, lazily built state, optimiser state happen there), then
     once timed; return that second run's seconds."""
     step()
-    _sync(device)
+    sync(device)
     start = time.perf_counter()
     step()
-    _sync(device)
+    sync(device)
     return time.perf_counter() - start
 
 
@@ -90,12 +90,12 @@ def interleaved_medians(steps: Dict[str, Step], repeat: int, device: torch.devic
     order = list(steps.items())
     for round_index in range(repeat):
         for name, step in (order if round_index % 2 == 0 else order[::-1]):
-            _sync(device)
+            sync(device)
             faults_before = _minor_faults()
             start = time.perf_counter()
             step()
             host[name].append(time.perf_counter() - start)
-            _sync(device)
+            sync(device)
             times[name].append(time.perf_counter() - start)
             faults[name].append(_minor_faults() - faults_before)
     return {name: Timing(1e3 * statistics.median(times[name]), 1e3 * statistics.median(host[name]),

@@ -153,6 +153,20 @@ def test_chunk_host_time_quick(one_thread, benchmark_script, tmp_path):
         assert "ms per chunk beyond chunks of 2" in f.read()
 
 
+def test_op_profile_lists_each_engines_ops(one_thread, benchmark_script, tmp_path):
+    op_profile = benchmark_script("op_profile")
+    out = str(tmp_path / "ops")
+    assert op_profile.main(["--device", "cpu", "--loss", "content", "--batch", "2", "--size", "32", "--repeat", "1",
+                            "--out", out]) == 0
+    ops = {(r["engine"], r["op"]): r for r in read_results(out)}
+    # VGG-16 to relu2_2 has 4 convolutions: eager runs them on the input and on the target images
+    assert ops[("eager", "aten::convolution")]["calls"] == 8
+    assert ("lean", "perfloss::lean_backward") in ops and ("eager", "perfloss::lean_backward") not in ops
+    assert all(r["self_ms"] >= 0 for r in ops.values())
+    with open(out + ".md") as f:
+        assert f.read().count("| all ops |") == 2
+
+
 def test_peak_batch_sweep_channels_last(one_thread, benchmark_script, tmp_path):
     pytest.importorskip("matplotlib")
     sweep = benchmark_script("peak_batch_sweep")
