@@ -1,10 +1,10 @@
 """Where one loss step's time goes, op by op, per engine: torch.profiler's self time of each op.
 
     python benchmarks/op_profile.py [--loss l1] [--batch 32] [--engines eager lean] [--repeat 3]
-                                    [--device cpu] [--threads 2]
+                                    [--channels-last] [--device cpu] [--threads 2]
 
 The losses and engines are benchmarks/peak_batch_sweep.py's, at 128x128 on CPU and 256x256 on CUDA
-(--size). Each engine's step is warmed up, then profiled --repeat times, the engines taking turns; the
+(--size), in channels_last with --channels-last (images and weights). Each engine's step is warmed up, then profiled --repeat times, the engines taking turns; the
 table gives each engine's --top ops by median self time (CPU time on CPU, device time on CUDA), with
 their calls per step, and the step's total. The profiler adds a cost to every op call, which falls
 more on the lean walk's many small calls than on eager's few large ones: read it to compare ops, and
@@ -36,8 +36,8 @@ def self_ms_by_op(step: _timing.Step, device: torch.device) -> Dict[str, tuple]:
 def measure(args, device: torch.device) -> List[Dict]:
     steps = {}
     for engine in args.engines:
-        loss = build_loss(args.loss, engine, args.size, device)
-        steps[engine] = loss_step(loss, loss_inputs(args.loss, args.batch, args.size, device),
+        loss = build_loss(args.loss, engine, args.size, device, args.channels_last)
+        steps[engine] = loss_step(loss, loss_inputs(args.loss, args.batch, args.size, device, args.channels_last),
                                   autocast_context(device, None))
         _timing.warm_up(steps[engine], device)
     profiles: Dict[str, List[Dict[str, tuple]]] = {engine: [] for engine in steps}
@@ -50,14 +50,15 @@ def measure(args, device: torch.device) -> List[Dict]:
         for op in ops:
             rows.append({"engine": engine, "op": op, "calls": runs[0].get(op, (0, 0.0))[0],
                          "self_ms": statistics.median(run.get(op, (0, 0.0))[1] for run in runs),
-                         "loss": args.loss, "batch": args.batch, "size": args.size})
+                         "loss": args.loss, "batch": args.batch, "size": args.size,
+                         "channels_last": args.channels_last})
     return rows
 
 
 def markdown(rows: List[Dict], args, device: torch.device) -> str:
     time_kind = "device" if device.type == "cuda" else "CPU"
     parts = [f"# Self {time_kind} time per op of one {LOSSES[args.loss]} step, batch {args.batch}, "
-             f"{args.size}x{args.size}, fp32 (median of {args.repeat} profiles)"]
+             f"{args.size}x{args.size}, fp32{', channels_last' if args.channels_last else ''} (median of {args.repeat} profiles)"]
     for engine in args.engines:
         mine = sorted((r for r in rows if r["engine"] == engine), key=lambda r: -r["self_ms"])
         table = [(r["op"], r["calls"], f"{r['self_ms']:.1f}") for r in mine[:args.top]]
@@ -73,8 +74,10 @@ def parse_args(argv: Optional[List[str]]):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--size", type=int, help="image side (default 128 on CPU, 256 on CUDA)")
     p.add_argument("--repeat", type=int, default=3, help="profiles per engine (default 3)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="images and the network's weights in channels_last (default: contiguous NCHW)")
     p.add_argument("--top", type=int, default=8, help="ops listed per engine (default 8)")
-    _timing.add_machine_arguments(p, "benchmarks/results/op_profile_<device>_<loss>_b<batch>")
+    _timing.add_machine_arguments(p, "benchmarks/results/op_profile_<device>_<loss>_b<batch>[_channels_last]")
     return p.parse_args(argv)
 
 
@@ -83,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     device = _timing.machine(args)
     args.size = args.size or (256 if device.type == "cuda" else 128)
-    out = args.out or f"{_timing.RESULTS}/op_profile_{device.type}_{args.loss}_b{args.batch}"
+    suffix = "_channels_last" if args.channels_last else ""
+    out = args.out or f"{_timing.RESULTS}/op_profile_{device.type}_{args.loss}_b{args.batch}{suffix}"
     env = _timing.environment(device, __file__, argv)
     rows = measure(args, device)
     _timing.write_results(out, env, rows, markdown(rows, args, device))
