@@ -4,11 +4,12 @@
                                     [--channels-last] [--device cpu] [--threads 2]
 
 The losses and engines are benchmarks/peak_batch_sweep.py's, at 128x128 on CPU and 256x256 on CUDA
-(--size), in channels_last with --channels-last (images and weights). Each engine's step is warmed up, then profiled --repeat times, the engines taking turns; the
-table gives each engine's --top ops by median self time (CPU time on CPU, device time on CUDA), with
-their calls per step, and the step's total. The profiler adds a cost to every op call, which falls
-more on the lean walk's many small calls than on eager's few large ones: read it to compare ops, and
-peak_batch_sweep.py for the time of a step. Writes <out>.md, .json and .csv.
+(--size), in channels_last with --channels-last (images and weights). Each engine's step is warmed up,
+then profiled --repeat times, the engines taking turns; the table gives each engine's --top ops by
+median self time (CPU time on CPU, device time on CUDA), with their calls per step, and the step's
+total. The profiler adds a cost to every op call, which falls more on the lean walk's many small calls
+than on eager's few large ones: read it to compare ops, and peak_batch_sweep.py for the time of a step.
+Writes <out>.md, .json and .csv.
 """
 import argparse
 import statistics
@@ -19,7 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import _timing  # benchmarks/_timing.py and peak_batch_sweep.py, next to this script
-from peak_batch_sweep import LOSSES, autocast_context, build_loss, engine_name, loss_inputs, loss_step
+from peak_batch_sweep import (LOSSES, autocast_context, build_loss, check_engines_run_on, engine_name, engine_step,
+                              loss_inputs)
 
 
 def self_ms_by_op(step: _timing.Step, device: torch.device) -> Dict[str, tuple]:
@@ -37,8 +39,8 @@ def measure(args, device: torch.device) -> List[Dict]:
     steps = {}
     for engine in args.engines:
         loss = build_loss(args.loss, engine, args.size, device, args.channels_last)
-        steps[engine] = loss_step(loss, loss_inputs(args.loss, args.batch, args.size, device, args.channels_last),
-                                  autocast_context(device, None))
+        inputs = loss_inputs(args.loss, args.batch, args.size, device, args.channels_last)
+        steps[engine] = engine_step(engine, loss, inputs, autocast_context(device, None))
         _timing.warm_up(steps[engine], device)
     profiles: Dict[str, List[Dict[str, tuple]]] = {engine: [] for engine in steps}
     for _ in range(args.repeat):
@@ -85,6 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     device = _timing.machine(args)
+    check_engines_run_on(device, args.engines, "op_profile")
     args.size = args.size or (256 if device.type == "cuda" else 128)
     suffix = "_channels_last" if args.channels_last else ""
     out = args.out or f"{_timing.RESULTS}/op_profile_{device.type}_{args.loss}_b{args.batch}{suffix}"

@@ -194,6 +194,19 @@ def loss_step(loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast,
     return step
 
 
+def engine_step(engine: str, loss: torch.nn.Module, inputs: Tuple[torch.Tensor, ...], autocast) -> _timing.Step:
+    """:func:`loss_step` as ``engine``'s suffixes say: +graphs records the chunks, +onelevel forms no
+    deeper levels."""
+    return loss_step(loss, inputs, autocast, engine.endswith(RECORDED),
+                     engine.removesuffix(RECORDED).endswith(ONE_LEVEL))
+
+
+def check_engines_run_on(device: torch.device, engines: List[str], script: str) -> None:
+    """Exit with a message when an engine of ``engines`` cannot run on ``device``."""
+    if device.type not in cuda_graphs.CAPTURE and any(e.endswith(RECORDED) for e in engines):
+        raise SystemExit(f"{script}: {RECORDED} engines record CUDA graphs: they need --device cuda")
+
+
 def step_peak_mib(engine: str, step: _timing.Step, device: torch.device) -> float:
     """The step's exact allocator peak; for a +graphs engine, plus the memory pools of the recordings
     its step replays (made afresh, so only its own count): device memory they hold between steps,
@@ -225,8 +238,7 @@ def sweep(args, device: torch.device) -> List[Dict]:
                 if engine in too_slow:
                     notes[engine] = too_slow[engine]
                     continue
-                step = loss_step(losses[engine], inputs, autocast, engine.endswith(RECORDED),
-                                 engine.removesuffix(RECORDED).endswith(ONE_LEVEL))
+                step = engine_step(engine, losses[engine], inputs, autocast)
                 seconds = _timing.warm_up(step, device)
                 if seconds > args.max_seconds_per_step:
                     notes[engine] = f"skipped: {seconds:.1f} s per step at batch {batch} > --max-seconds-per-step"
@@ -366,8 +378,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     device = _timing.machine(args)
-    if device.type not in cuda_graphs.CAPTURE and any(e.endswith(RECORDED) for e in args.engines):
-        raise SystemExit(f"peak_batch_sweep: {RECORDED} engines record CUDA graphs: they need --device cuda")
+    check_engines_run_on(device, args.engines, "peak_batch_sweep")
     args.size = args.size or (QUICK["size"] if args.quick else 256 if device.type == "cuda" else 128)
     args.batches = args.batches or list(QUICK["batches"] if args.quick else BATCHES)
     args.repeat = args.repeat or (QUICK["repeat"] if args.quick else 5)

@@ -4,6 +4,7 @@ Numbers are not checked beyond being positive: benchmarks report, tests do not t
 """
 import importlib
 import json
+import mmap
 import os
 
 import pytest
@@ -71,12 +72,18 @@ def test_peak_batch_sweep_target_pass_ride(one_thread, benchmark_script, tmp_pat
 
 
 def test_page_faults_count_fresh_pages(benchmark_script):
-    """A step that fills a new 64 MiB buffer and keeps it (so its pages are fresh, whatever the C
-    allocator's settings) faults in at least that many 2 MiB huge pages; a step that allocates nothing
-    faults in fewer."""
+    """A step that fills a new 64 MiB anonymous mapping and keeps it faults in at least that many 2 MiB
+    huge pages; a step that allocates nothing faults in fewer. The mapping comes from the kernel itself,
+    so its pages are fresh whatever the C allocator and torch keep (a 64 MiB torch.ones after the other
+    tests here once faulted in 11 pages, twice in a row, not reproduced)."""
     _timing = benchmark_script("_timing")
     size, kept = 64 << 20, []
-    steps = {"fresh": lambda: kept.append(torch.ones(size, dtype=torch.uint8)), "idle": lambda: None}
+
+    def fresh():
+        kept.append(mmap.mmap(-1, size))
+        torch.frombuffer(kept[-1], dtype=torch.uint8).fill_(1)
+
+    steps = {"fresh": fresh, "idle": lambda: None}
     faults = {name: t.page_faults for name, t in _timing.interleaved_medians(steps, 3, torch.device("cpu")).items()}
     assert faults["fresh"] >= size // (2 << 20) > faults["idle"]
 
