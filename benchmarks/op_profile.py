@@ -20,8 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import _timing  # benchmarks/_timing.py and peak_batch_sweep.py, next to this script
-from peak_batch_sweep import (LOSSES, autocast_context, build_loss, check_engines_run_on, engine_name, engine_step,
-                              loss_inputs)
+from peak_batch_sweep import (LOSSES, autocast_context, build_loss, check_engines_run_on, default_size, engine_name,
+                              engine_step, loss_inputs)
 
 
 def self_ms_by_op(step: _timing.Step, device: torch.device) -> Dict[str, tuple]:
@@ -50,8 +50,9 @@ def measure(args, device: torch.device) -> List[Dict]:
     for engine, runs in profiles.items():
         ops = dict.fromkeys(op for run in runs for op in run)
         for op in ops:
-            rows.append({"engine": engine, "op": op, "calls": runs[0].get(op, (0, 0.0))[0],
-                         "self_ms": statistics.median(run.get(op, (0, 0.0))[1] for run in runs),
+            calls, self_ms = zip(*(run.get(op, (0, 0.0)) for run in runs))
+            rows.append({"engine": engine, "op": op, "calls": statistics.median_low(calls),
+                         "self_ms": statistics.median(self_ms),
                          "loss": args.loss, "batch": args.batch, "size": args.size,
                          "channels_last": args.channels_last})
     return rows
@@ -59,8 +60,9 @@ def measure(args, device: torch.device) -> List[Dict]:
 
 def markdown(rows: List[Dict], args, device: torch.device) -> str:
     time_kind = "device" if device.type == "cuda" else "CPU"
+    layout = ", channels_last" if args.channels_last else ""
     parts = [f"# Self {time_kind} time per op of one {LOSSES[args.loss]} step, batch {args.batch}, "
-             f"{args.size}x{args.size}, fp32{', channels_last' if args.channels_last else ''} (median of {args.repeat} profiles)"]
+             f"{args.size}x{args.size}, fp32{layout} (median of {args.repeat} profiles)"]
     for engine in args.engines:
         mine = sorted((r for r in rows if r["engine"] == engine), key=lambda r: -r["self_ms"])
         table = [(r["op"], r["calls"], f"{r['self_ms']:.1f}") for r in mine[:args.top]]
@@ -88,7 +90,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     device = _timing.machine(args)
     check_engines_run_on(device, args.engines, "op_profile")
-    args.size = args.size or (256 if device.type == "cuda" else 128)
+    args.size = args.size or default_size(device)
     suffix = "_channels_last" if args.channels_last else ""
     out = args.out or f"{_timing.RESULTS}/op_profile_{device.type}_{args.loss}_b{args.batch}{suffix}"
     env = _timing.environment(device, __file__, argv)
